@@ -1,0 +1,29 @@
+//! netscope: measure, to the byte, the traffic Kubernetes pods send across
+//! availability zones.
+//!
+//! This crate is the capture core that both reference binaries and any
+//! embedding agent share. It holds the flow model and the four traits that
+//! the parts plug into:
+//!
+//! - [`Attacher`]: puts the capture program on one interface, one direction.
+//! - [`Collector`]: drains per-flow counters from the kernel, exactly.
+//! - [`Resolver`]: turns an IP address into a named [`Endpoint`].
+//! - [`Exporter`]: consumes resolved, deduplicated flows.
+//!
+//! Everything that needs clang, libbpf or `unsafe` lives in the
+//! `netscope-bpf` crate; this crate builds and tests without either.
+#![warn(missing_docs)]
+
+pub mod attach;
+pub mod collect;
+pub mod endpoint;
+pub mod export;
+pub mod flow;
+pub mod resolve;
+
+pub use attach::{AttachError, AttachMode, Attacher, Attachment, Interface};
+pub use collect::{CollectError, Collector, Drain};
+pub use endpoint::{Endpoint, EndpointKind, WorkloadKind};
+pub use export::{Exporter, ResolvedFlow};
+pub use flow::{Counters, Direction, FlowKey, FlowSample, L4};
+pub use resolve::Resolver;
