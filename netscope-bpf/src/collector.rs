@@ -1,0 +1,147 @@
+//! The exact, double-buffered collector.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use netscope::collect::{CollectError, Collector, Drain};
+use netscope::{Counters, FlowSample};
+
+use crate::loader::Capture;
+use crate::maps::{decode_key, RawKey, KEY_SIZE};
+use crate::sys;
+
+/// Entries fetched per batch syscall.
+const BATCH: usize = 8192;
+
+/// Drains the capture program's flow tables.
+///
+/// Each [`Collector::drain`] swaps the table the program writes to (the
+/// kernel waits for every running program before the swap returns), then
+/// reads and empties the table that is now idle. No increment is lost or
+/// returned twice, however much traffic flows meanwhile.
+#[derive(Debug)]
+pub struct BpfCollector {
+    capture: Arc<Capture>,
+    keys: Vec<u8>,
+    values: Vec<u8>,
+}
+
+impl BpfCollector {
+    /// A collector for `capture`. Several collectors may exist; their drains
+    /// are serialised.
+    pub fn new(capture: Arc<Capture>) -> Self {
+        let slots = BATCH.min(capture.capacity as usize + 1);
+        let stride = capture.layout.value_stride();
+        BpfCollector {
+            keys: vec![0; slots * KEY_SIZE],
+            values: vec![0; slots * stride],
+            capture,
+        }
+    }
+
+    fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(std::io::Error) -> CollectError {
+        move |source| CollectError::Map {
+            op,
+            map: map.to_string(),
+            source,
+        }
+    }
+}
+
+const TABLE_NAMES: [&str; 2] = ["flows_a", "flows_b"];
+
+impl Collector for BpfCollector {
+    fn drain(&mut self) -> Result<Drain, CollectError> {
+        let cap = Arc::clone(&self.capture);
+        let mut state = cap.state.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = state.active;
+        let next = 1 - idle;
+
+        // The standby table always holds the overflow slot before it goes live.
+        cap.install_overflow_slot(next)
+            .map_err(Self::map_err("update", TABLE_NAMES[next]))?;
+        let next_fd = std::os::fd::AsRawFd::as_raw_fd(&cap.tables[next]);
+        sys::map_update(
+            cap.active_flows.as_fd(),
+            &0u32.to_ne_bytes(),
+            &next_fd.to_ne_bytes(),
+            0,
+        )
+        .map_err(Self::map_err("update", "active_flows"))?;
+        // From here on no program writes to tables[idle]: the update above
+        // returned only after an RCU grace period.
+        state.active = next;
+
+        let stride = cap.layout.value_stride();
+        let mut drain = Drain {
+            capacity: cap.capacity as usize,
+            ..Drain::default()
+        };
+        let mut token = None;
+        let mut invalid = 0u64;
+        loop {
+            let (n, done) = sys::map_lookup_and_delete_batch(
+                cap.tables[idle].as_fd(),
+                &mut token,
+                &mut self.keys,
+                KEY_SIZE,
+                &mut self.values,
+                stride,
+            )
+            .map_err(Self::map_err("lookup_and_delete_batch", TABLE_NAMES[idle]))?;
+            for i in 0..n {
+                let key = &self.keys[i * KEY_SIZE..(i + 1) * KEY_SIZE];
+                let counters = cap.layout.fold(&self.values[i * stride..(i + 1) * stride]);
+                match decode_key(key) {
+                    RawKey::Flow(key) if !counters.is_zero() => {
+                        drain.samples.push(FlowSample { key, counters })
+                    }
+                    RawKey::Flow(_) => {}
+                    RawKey::Overflow => drain.overflow += counters,
+                    RawKey::Invalid => {
+                        invalid += 1;
+                        drain.overflow += counters;
+                    }
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        // The overflow slot was drained with the rest; put it back so the
+        // table is ready for its next turn.
+        cap.install_overflow_slot(idle)
+            .map_err(Self::map_err("update", TABLE_NAMES[idle]))?;
+
+        if invalid > 0 {
+            tracing::error!(
+                entries = invalid,
+                "flow table held keys with an unknown family or direction; counted as overflow"
+            );
+        }
+        // Bytes that found not even the overflow slot (should never happen).
+        let mut bss = [0u8; 16];
+        if sys::map_lookup(cap.bss.as_fd(), &0u32.to_ne_bytes(), &mut bss)
+            .map_err(Self::map_err("lookup", "bss"))?
+        {
+            let lost = (
+                u64::from_ne_bytes(bss[0..8].try_into().expect("8 bytes")),
+                u64::from_ne_bytes(bss[8..16].try_into().expect("8 bytes")),
+            );
+            let delta = Counters::new(
+                lost.0.wrapping_sub(state.lost_seen.0),
+                lost.1.wrapping_sub(state.lost_seen.1),
+            );
+            if !delta.is_zero() {
+                tracing::error!(
+                    bytes = delta.bytes,
+                    packets = delta.packets,
+                    "bytes found no flow slot and no overflow slot; counted as overflow"
+                );
+                drain.overflow += delta;
+            }
+            state.lost_seen = lost;
+        }
+        Ok(drain)
+    }
+}

@@ -1,0 +1,273 @@
+//! Loading the capture program.
+
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Mutex, Once};
+
+use ipnet::IpNet;
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::PrintLevel;
+use netscope::flow::addr_to_raw;
+use netscope::Direction;
+
+use crate::maps::{FlowMapLayout, KEY_SIZE};
+use crate::skel::{types, NetscopeSkelBuilder};
+use crate::sys;
+
+/// Most Service CIDRs the program matches against (`NS_MAX_SERVICE_CIDRS`).
+pub const MAX_SERVICE_CIDRS: usize = 8;
+/// Default flow-table capacity.
+pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+/// Largest accepted capacity: two tables of this many per-CPU entries.
+pub const MAX_MAX_FLOWS: u32 = 4 * 1024 * 1024;
+
+/// Settings applied before the program is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Flow-table capacity. Flows beyond it are counted in the overflow
+    /// counter (their bytes stay in the totals).
+    pub max_flows: u32,
+    /// The cluster's Service CIDRs: packets whose remote address is inside
+    /// one are keyed with protocol and ports, so the agent can undo the NAT.
+    pub service_cidrs: Vec<IpNet>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            max_flows: DEFAULT_MAX_FLOWS,
+            service_cidrs: Vec::new(),
+        }
+    }
+}
+
+/// Errors from loading the program.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The configuration cannot be applied.
+    #[error("invalid capture configuration: {0}")]
+    Config(String),
+    /// libbpf could not open the embedded object.
+    #[error("opening the embedded BPF object")]
+    Open(#[source] libbpf_rs::Error),
+    /// The kernel refused the program or a map (the verifier log is in the
+    /// debug log of target `libbpf`).
+    #[error("loading the BPF program into the kernel (needs root or CAP_BPF+CAP_NET_ADMIN; verifier output is logged at debug level)")]
+    Load(#[source] libbpf_rs::Error),
+    /// Preparing the loaded maps failed.
+    #[error("preparing BPF map {map}")]
+    Setup {
+        /// Map name.
+        map: &'static str,
+        /// The kernel's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// State of the double buffer, guarded by one lock so drains never overlap.
+#[derive(Debug)]
+pub(crate) struct BufferState {
+    /// Index (0 = flows_a, 1 = flows_b) of the table active_flows[0] points at.
+    pub active: usize,
+    /// Last values read of the lost_* counters (cumulative in the kernel).
+    pub lost_seen: (u64, u64),
+}
+
+/// The loaded capture program and its maps. Share it (`Arc`) between the
+/// attacher and the collector; every handle is a kernel fd, so all of it is
+/// `Send + Sync`.
+#[derive(Debug)]
+pub struct Capture {
+    progs: [OwnedFd; 2],
+    prog_ids: [u32; 2],
+    pub(crate) tables: [OwnedFd; 2],
+    pub(crate) active_flows: OwnedFd,
+    pub(crate) bss: OwnedFd,
+    pub(crate) layout: FlowMapLayout,
+    pub(crate) capacity: u32,
+    pub(crate) state: Mutex<BufferState>,
+}
+
+fn route_libbpf_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        libbpf_rs::set_print(Some((PrintLevel::Debug, |level, msg| {
+            let msg = msg.trim_end();
+            match level {
+                PrintLevel::Warn => tracing::warn!(target: "libbpf", "{msg}"),
+                PrintLevel::Info => tracing::debug!(target: "libbpf", "{msg}"),
+                PrintLevel::Debug => tracing::trace!(target: "libbpf", "{msg}"),
+            }
+        })));
+    });
+}
+
+fn svc_cidr(net: &IpNet) -> types::svc_cidr {
+    let words = |b: [u8; 16]| {
+        let mut w = [0u32; 4];
+        for (i, c) in b.chunks_exact(4).enumerate() {
+            // Keep network byte order: the program compares raw packet words.
+            w[i] = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        w
+    };
+    // An IPv4 CIDR is matched against IPv4-mapped addresses: the mask covers
+    // the 96 mapping bits as well.
+    let (addr, prefix) = match net {
+        IpNet::V4(n) => (IpAddr::V4(n.network()), 96 + u32::from(n.prefix_len())),
+        IpNet::V6(n) => (IpAddr::V6(n.network()), u32::from(n.prefix_len())),
+    };
+    let mask_bits: u128 = if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix)
+    };
+    let mask = mask_bits.to_be_bytes();
+    let mut raw = addr_to_raw(addr);
+    for (b, m) in raw.iter_mut().zip(mask) {
+        *b &= m;
+    }
+    types::svc_cidr {
+        addr: words(raw),
+        mask: words(mask),
+    }
+}
+
+impl Capture {
+    /// Loads the program with `config`.
+    ///
+    /// # Errors
+    /// [`LoadError::Config`] for a capacity of 0 or above [`MAX_MAX_FLOWS`],
+    /// or more than [`MAX_SERVICE_CIDRS`] CIDRs; [`LoadError::Load`] when the
+    /// kernel refuses (no privileges, verifier).
+    ///
+    /// # Minimum kernel version
+    /// 5.10 (per-CPU hash batch operations, zero-filled per-CPU inserts).
+    pub fn load(config: &CaptureConfig) -> Result<Capture, LoadError> {
+        if config.max_flows == 0 || config.max_flows > MAX_MAX_FLOWS {
+            return Err(LoadError::Config(format!(
+                "max_flows must be between 1 and {MAX_MAX_FLOWS}, got {}",
+                config.max_flows
+            )));
+        }
+        if config.service_cidrs.len() > MAX_SERVICE_CIDRS {
+            return Err(LoadError::Config(format!(
+                "at most {MAX_SERVICE_CIDRS} Service CIDRs are supported, got {}",
+                config.service_cidrs.len()
+            )));
+        }
+        route_libbpf_logs();
+
+        let mut storage = MaybeUninit::uninit();
+        let mut open = NetscopeSkelBuilder::default()
+            .open(&mut storage)
+            .map_err(LoadError::Open)?;
+
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| LoadError::Config("the BPF object has no .rodata section".into()))?;
+        rodata.svc_cidr_count = config.service_cidrs.len() as u32;
+        for (slot, net) in rodata.svc_cidrs.iter_mut().zip(&config.service_cidrs) {
+            *slot = svc_cidr(net);
+        }
+
+        // One extra entry per table for the overflow slot.
+        let entries = config.max_flows + 1;
+        for map in [&mut open.maps.flows_a, &mut open.maps.flows_b] {
+            map.set_max_entries(entries).map_err(LoadError::Open)?;
+        }
+        // The outer map's inner template keeps the compiled-in max_entries:
+        // since 5.10 the kernel does not compare max_entries of inner hash
+        // maps (commit 134fede4eecf), so tables of any size fit the slot.
+
+        let skel = open.load().map_err(LoadError::Load)?;
+        let dup = |fd: BorrowedFd<'_>, map: &'static str| {
+            fd.try_clone_to_owned()
+                .map_err(|source| LoadError::Setup { map, source })
+        };
+        let progs = [
+            dup(skel.progs.netscope_from_pod.as_fd(), "netscope_from_pod")?,
+            dup(skel.progs.netscope_to_pod.as_fd(), "netscope_to_pod")?,
+        ];
+        let prog_ids = [
+            sys::prog_id(progs[0].as_fd()).map_err(|source| LoadError::Setup {
+                map: "netscope_from_pod",
+                source,
+            })?,
+            sys::prog_id(progs[1].as_fd()).map_err(|source| LoadError::Setup {
+                map: "netscope_to_pod",
+                source,
+            })?,
+        ];
+        let tables = [
+            dup(skel.maps.flows_a.as_fd(), "flows_a")?,
+            dup(skel.maps.flows_b.as_fd(), "flows_b")?,
+        ];
+        let active_flows = dup(skel.maps.active_flows.as_fd(), "active_flows")?;
+        let bss = dup(skel.maps.bss.as_fd(), "bss")?;
+        // The fds above keep every kernel object alive; the skeleton (and
+        // the libbpf object behind it) is no longer needed.
+        drop(skel);
+
+        let ncpus = sys::possible_cpus().map_err(|source| LoadError::Setup {
+            map: "flows_a",
+            source,
+        })?;
+        let layout = FlowMapLayout::new(ncpus);
+        let capture = Capture {
+            progs,
+            prog_ids,
+            tables,
+            active_flows,
+            bss,
+            layout,
+            capacity: config.max_flows,
+            state: Mutex::new(BufferState {
+                active: 0,
+                lost_seen: (0, 0),
+            }),
+        };
+        for (i, name) in [(0, "flows_a"), (1, "flows_b")] {
+            capture
+                .install_overflow_slot(i)
+                .map_err(|source| LoadError::Setup { map: name, source })?;
+        }
+        Ok(capture)
+    }
+
+    /// Puts the all-zero overflow key into table `i` unless it is there.
+    pub(crate) fn install_overflow_slot(&self, i: usize) -> std::io::Result<()> {
+        let zero_key = [0u8; KEY_SIZE];
+        let zero_val = vec![0u8; self.layout.value_stride()];
+        match sys::map_update(
+            self.tables[i].as_fd(),
+            &zero_key,
+            &zero_val,
+            u64::from(libbpf_sys::BPF_NOEXIST),
+        ) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The program for `direction`: attach `FromPod` to host-side ingress
+    /// and `ToPod` to host-side egress.
+    pub fn program(&self, direction: Direction) -> BorrowedFd<'_> {
+        self.progs[direction.as_raw() as usize].as_fd()
+    }
+
+    /// Kernel id of the program for `direction` (as `bpftool prog` shows it).
+    pub fn program_id(&self, direction: Direction) -> u32 {
+        self.prog_ids[direction.as_raw() as usize]
+    }
+
+    /// Flow-table capacity (excluding the overflow slot).
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+}

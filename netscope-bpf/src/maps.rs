@@ -1,0 +1,150 @@
+//! Byte layouts of the program's map keys and values (mirrors
+//! `src/bpf/netscope.h`).
+
+use netscope::flow::{addr_from_raw, addr_to_raw, family_of};
+use netscope::{Counters, Direction, FlowKey, L4};
+
+/// `sizeof(struct flow_key)`.
+pub const KEY_SIZE: usize = 40;
+/// `sizeof(struct flow_value)`.
+pub const VALUE_SIZE: usize = 16;
+
+const _: () = assert!(std::mem::size_of::<crate::skel::types::flow_key>() == KEY_SIZE);
+const _: () = assert!(std::mem::size_of::<crate::skel::types::flow_value>() == VALUE_SIZE);
+
+/// Sizes of per-CPU values for this machine.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowMapLayout {
+    ncpus: usize,
+}
+
+impl FlowMapLayout {
+    /// Layout for `ncpus` possible CPUs.
+    pub fn new(ncpus: usize) -> Self {
+        FlowMapLayout {
+            ncpus: ncpus.max(1),
+        }
+    }
+
+    /// Bytes of one per-CPU value as the syscalls transfer it: one
+    /// 8-byte-aligned `flow_value` per possible CPU.
+    pub fn value_stride(&self) -> usize {
+        VALUE_SIZE * self.ncpus
+    }
+
+    /// Number of possible CPUs.
+    pub fn ncpus(&self) -> usize {
+        self.ncpus
+    }
+
+    /// Sums the per-CPU values of one entry.
+    pub fn fold(&self, value: &[u8]) -> Counters {
+        let mut c = Counters::default();
+        for cpu in value.chunks_exact(VALUE_SIZE).take(self.ncpus) {
+            let bytes = u64::from_ne_bytes(cpu[0..8].try_into().expect("8 bytes"));
+            let packets = u64::from_ne_bytes(cpu[8..16].try_into().expect("8 bytes"));
+            c += Counters::new(bytes, packets);
+        }
+        c
+    }
+}
+
+/// A decoded raw key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawKey {
+    /// The overflow slot.
+    Overflow,
+    /// A flow.
+    Flow(FlowKey),
+    /// Bytes the program should never write (unknown family or direction).
+    Invalid,
+}
+
+/// Decodes a 40-byte key.
+pub fn decode_key(raw: &[u8]) -> RawKey {
+    let family = raw[32];
+    if family == 0 && raw.iter().all(|&b| b == 0) {
+        return RawKey::Overflow;
+    }
+    let (Ok(src), Ok(dst)) = (
+        <[u8; 16]>::try_from(&raw[0..16]),
+        <[u8; 16]>::try_from(&raw[16..32]),
+    ) else {
+        return RawKey::Invalid;
+    };
+    let (Some(src), Some(dst), Some(direction)) = (
+        addr_from_raw(src, family),
+        addr_from_raw(dst, family),
+        Direction::from_raw(raw[33]),
+    ) else {
+        return RawKey::Invalid;
+    };
+    let proto = raw[34];
+    let l4 = (proto != 0).then(|| L4 {
+        proto,
+        src_port: u16::from_ne_bytes([raw[36], raw[37]]),
+        dst_port: u16::from_ne_bytes([raw[38], raw[39]]),
+    });
+    RawKey::Flow(FlowKey {
+        src,
+        dst,
+        direction,
+        l4,
+    })
+}
+
+/// Encodes a key as the program would (for tests and benchmarks).
+pub fn encode_key(key: &FlowKey) -> [u8; KEY_SIZE] {
+    let mut raw = [0u8; KEY_SIZE];
+    raw[0..16].copy_from_slice(&addr_to_raw(key.src));
+    raw[16..32].copy_from_slice(&addr_to_raw(key.dst));
+    raw[32] = family_of(key.src);
+    raw[33] = key.direction.as_raw();
+    if let Some(l4) = key.l4 {
+        raw[34] = l4.proto;
+        raw[36..38].copy_from_slice(&l4.src_port.to_ne_bytes());
+        raw[38..40].copy_from_slice(&l4.dst_port.to_ne_bytes());
+    }
+    raw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_round_trip() {
+        let k = FlowKey {
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.96.0.10".parse().unwrap(),
+            direction: Direction::FromPod,
+            l4: Some(L4 {
+                proto: 6,
+                src_port: 40000,
+                dst_port: 80,
+            }),
+        };
+        assert_eq!(decode_key(&encode_key(&k)), RawKey::Flow(k));
+        let k6 = FlowKey::new(
+            "fd00::1".parse().unwrap(),
+            "fd00::2".parse().unwrap(),
+            Direction::ToPod,
+        );
+        assert_eq!(decode_key(&encode_key(&k6)), RawKey::Flow(k6));
+        assert_eq!(decode_key(&[0u8; KEY_SIZE]), RawKey::Overflow);
+        let mut bad = encode_key(&k6);
+        bad[33] = 7;
+        assert_eq!(decode_key(&bad), RawKey::Invalid);
+    }
+
+    #[test]
+    fn fold_sums_cpus() {
+        let l = FlowMapLayout::new(2);
+        let mut v = vec![0u8; l.value_stride()];
+        v[0..8].copy_from_slice(&100u64.to_ne_bytes());
+        v[8..16].copy_from_slice(&1u64.to_ne_bytes());
+        v[16..24].copy_from_slice(&50u64.to_ne_bytes());
+        v[24..32].copy_from_slice(&2u64.to_ne_bytes());
+        assert_eq!(l.fold(&v), Counters::new(150, 3));
+    }
+}

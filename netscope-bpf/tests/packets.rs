@@ -1,0 +1,410 @@
+//! Packet tests: crafted frames through the real program with
+//! `BPF_PROG_TEST_RUN`, asserting the return code and the exact flow-table
+//! contents. Needs root (CAP_BPF + CAP_NET_ADMIN).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use netscope::{Collector, Counters, Direction, FlowKey, L4};
+use netscope_bpf::testing::{skb_ctx, FrameSpec, L4Spec, ETH_P_8021AD, ETH_P_8021Q};
+use netscope_bpf::{test_run, BpfCollector, Capture, CaptureConfig};
+
+const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
+
+fn load(config: CaptureConfig) -> Arc<Capture> {
+    // libbpf's messages (the verifier log on a refused load) go to the test output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("libbpf=debug")
+        .with_test_writer()
+        .try_init();
+    Arc::new(Capture::load(&config).unwrap_or_else(|e| {
+        panic!("loading the netscope program failed (these tests need root): {e:#?}")
+    }))
+}
+
+/// Runs `frame` through the program for `dir` and checks it is transparent.
+fn run(cap: &Capture, dir: Direction, frame: &[u8]) {
+    let out = test_run(cap, dir, frame, None, 1).expect("BPF_PROG_TEST_RUN");
+    assert_eq!(
+        out.retval, TC_ACT_UNSPEC,
+        "the program must return TC_ACT_UNSPEC"
+    );
+}
+
+fn drained(cap: &Arc<Capture>) -> (BTreeMap<FlowKey, Counters>, Counters) {
+    let d = BpfCollector::new(cap.clone()).drain().expect("drain");
+    let mut m = BTreeMap::new();
+    for s in d.samples {
+        assert!(
+            m.insert(s.key, s.counters).is_none(),
+            "a key was returned twice in one drain"
+        );
+    }
+    (m, d.overflow)
+}
+
+fn key(src: &str, dst: &str, dir: Direction) -> FlowKey {
+    FlowKey::new(src.parse().unwrap(), dst.parse().unwrap(), dir)
+}
+
+#[test]
+fn ipv4_tcp_udp_icmp_counted_at_l3() {
+    let cap = load(CaptureConfig::default());
+    let tcp = FrameSpec::new("10.0.0.1", "10.0.1.2", L4Spec::Tcp(40000, 80), 100);
+    let udp = FrameSpec::new("10.0.0.1", "10.0.1.3", L4Spec::Udp(5353, 53), 30);
+    let icmp = FrameSpec::new("10.0.1.2", "10.0.0.1", L4Spec::Icmp, 56);
+    run(&cap, Direction::FromPod, &tcp.build());
+    run(&cap, Direction::FromPod, &tcp.build());
+    run(&cap, Direction::FromPod, &udp.build());
+    run(&cap, Direction::ToPod, &icmp.build());
+    let (m, overflow) = drained(&cap);
+    assert_eq!(tcp.l3_len(), 20 + 20 + 100);
+    let want = BTreeMap::from([
+        (
+            key("10.0.0.1", "10.0.1.2", Direction::FromPod),
+            Counters::new(2 * 140, 2),
+        ),
+        (
+            key("10.0.0.1", "10.0.1.3", Direction::FromPod),
+            Counters::new(20 + 8 + 30, 1),
+        ),
+        (
+            key("10.0.1.2", "10.0.0.1", Direction::ToPod),
+            Counters::new(20 + 8 + 56, 1),
+        ),
+    ]);
+    assert_eq!(m, want);
+    assert_eq!(overflow, Counters::default());
+    // Drained means gone: a second drain is empty.
+    let (m, _) = drained(&cap);
+    assert!(m.is_empty(), "second drain returned {m:?}");
+}
+
+#[test]
+fn ipv6_tcp_and_extension_headers_counted_by_outer_addresses() {
+    let cap = load(CaptureConfig::default());
+    let plain = FrameSpec::new("fd00::1", "fd00::2", L4Spec::Tcp(443, 50000), 1000);
+    let mut ext = FrameSpec::new("fd00::1", "fd00::3", L4Spec::Udp(1, 2), 10);
+    ext.ipv6_ext = 2; // hop-by-hop + destination options
+    run(&cap, Direction::ToPod, &plain.build());
+    run(&cap, Direction::FromPod, &ext.build());
+    let (m, overflow) = drained(&cap);
+    let want = BTreeMap::from([
+        (
+            key("fd00::1", "fd00::2", Direction::ToPod),
+            Counters::new(40 + 20 + 1000, 1),
+        ),
+        (
+            key("fd00::1", "fd00::3", Direction::FromPod),
+            Counters::new(40 + 16 + 8 + 10, 1),
+        ),
+    ]);
+    assert_eq!(m, want);
+    assert!(overflow.is_zero());
+}
+
+#[test]
+fn vlan_8021q_and_qinq_excluded_from_bytes() {
+    let cap = load(CaptureConfig::default());
+    let mut q = FrameSpec::new("10.1.0.1", "10.1.0.2", L4Spec::Udp(1000, 2000), 200);
+    q.vlans = vec![(ETH_P_8021Q, 100)];
+    let mut qinq = FrameSpec::new("10.1.0.1", "10.1.0.3", L4Spec::Tcp(1000, 2000), 300);
+    qinq.vlans = vec![(ETH_P_8021AD, 10), (ETH_P_8021Q, 20)];
+    let mut q6 = FrameSpec::new("fd00::a", "fd00::b", L4Spec::Udp(1, 2), 50);
+    q6.vlans = vec![(ETH_P_8021Q, 7)];
+    run(&cap, Direction::FromPod, &q.build());
+    run(&cap, Direction::FromPod, &qinq.build());
+    run(&cap, Direction::ToPod, &q6.build());
+    let (m, _) = drained(&cap);
+    let want = BTreeMap::from([
+        (
+            key("10.1.0.1", "10.1.0.2", Direction::FromPod),
+            Counters::new(20 + 8 + 200, 1),
+        ),
+        (
+            key("10.1.0.1", "10.1.0.3", Direction::FromPod),
+            Counters::new(20 + 20 + 300, 1),
+        ),
+        (
+            key("fd00::a", "fd00::b", Direction::ToPod),
+            Counters::new(40 + 8 + 50, 1),
+        ),
+    ]);
+    assert_eq!(m, want);
+    // Three tags: the third is not walked, so the frame is not IP to us.
+    let mut three = FrameSpec::new("10.1.0.1", "10.1.0.4", L4Spec::Udp(1, 2), 10);
+    three.vlans = vec![(ETH_P_8021AD, 1), (ETH_P_8021Q, 2), (ETH_P_8021Q, 3)];
+    run(&cap, Direction::FromPod, &three.build());
+    let (m, overflow) = drained(&cap);
+    assert!(
+        m.is_empty() && overflow.is_zero(),
+        "a triple-tagged frame was counted: {m:?}"
+    );
+}
+
+#[test]
+fn ipv4_options_included_in_l3_bytes() {
+    let cap = load(CaptureConfig::default());
+    let mut f = FrameSpec::new("10.2.0.1", "10.2.0.2", L4Spec::Tcp(1, 2), 64);
+    f.ipv4_options = 12;
+    run(&cap, Direction::FromPod, &f.build());
+    let (m, _) = drained(&cap);
+    assert_eq!(
+        m,
+        BTreeMap::from([(
+            key("10.2.0.1", "10.2.0.2", Direction::FromPod),
+            Counters::new(32 + 20 + 64, 1)
+        )])
+    );
+}
+
+#[test]
+fn non_ip_and_truncated_frames_are_not_counted() {
+    let cap = load(CaptureConfig::default());
+    // ARP request (28-byte payload after the Ethernet header).
+    let mut arp = vec![0xffu8; 6];
+    arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    arp.extend_from_slice(&0x0806u16.to_be_bytes());
+    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&[0u8; 20]);
+    run(&cap, Direction::FromPod, &arp);
+
+    // Frames cut inside each header. BPF_PROG_TEST_RUN refuses frames
+    // shorter than 14 bytes, and (for an IP ethertype) shorter than the IP
+    // header, so cuts inside the IP headers are made behind a VLAN tag,
+    // where the kernel does not look.
+    let v4 = FrameSpec::new("10.3.0.1", "10.3.0.2", L4Spec::Tcp(1, 2), 0).build();
+    let tagged = |src: &str, dst: &str, vlans: Vec<(u16, u16)>| {
+        let mut f = FrameSpec::new(src, dst, L4Spec::Tcp(1, 2), 0);
+        f.vlans = vlans;
+        f.build()
+    };
+    let t4 = tagged("10.3.0.1", "10.3.0.2", vec![(ETH_P_8021Q, 5)]);
+    let t6 = tagged("fd00::1", "fd00::2", vec![(ETH_P_8021Q, 5)]);
+    let qinq = tagged(
+        "10.3.0.1",
+        "10.3.0.2",
+        vec![(ETH_P_8021AD, 5), (ETH_P_8021Q, 6)],
+    );
+    let cuts: Vec<(&str, &[u8])> = vec![
+        ("inside the 802.1Q tag", &t4[..16]),
+        ("inside the inner QinQ tag", &qinq[..20]),
+        ("after the tag, before IPv4", &t4[..18]),
+        ("inside the IPv4 header", &t4[..18 + 10]),
+        ("inside the IPv4 header, QinQ", &qinq[..22 + 19]),
+        ("inside the IPv6 header", &t6[..18 + 39]),
+    ];
+    for (what, cut) in cuts {
+        for dir in Direction::BOTH {
+            let out = test_run(&cap, dir, cut, None, 1)
+                .unwrap_or_else(|e| panic!("test run of a frame cut {what}: {e}"));
+            assert_eq!(out.retval, TC_ACT_UNSPEC, "frame cut {what}");
+        }
+    }
+    // IPv4 header claiming version 5 / IHL < 5: malformed, not counted.
+    let mut bad = v4.clone();
+    bad[14] = 0x54;
+    run(&cap, Direction::FromPod, &bad);
+    bad[14] = 0x44;
+    run(&cap, Direction::FromPod, &bad);
+
+    let (m, overflow) = drained(&cap);
+    assert!(
+        m.is_empty(),
+        "non-IP or truncated frames were counted: {m:?}"
+    );
+    assert!(overflow.is_zero());
+}
+
+#[test]
+fn ethernet_padding_is_not_counted() {
+    let cap = load(CaptureConfig::default());
+    // A 28-byte IPv4/ICMP packet padded to the 60-byte Ethernet minimum.
+    let f = FrameSpec::new("10.4.0.1", "10.4.0.2", L4Spec::Icmp, 0);
+    let mut frame = f.build();
+    assert_eq!(frame.len(), 14 + 28);
+    frame.resize(60, 0);
+    run(&cap, Direction::FromPod, &frame);
+    let (m, _) = drained(&cap);
+    assert_eq!(
+        m,
+        BTreeMap::from([(
+            key("10.4.0.1", "10.4.0.2", Direction::FromPod),
+            Counters::new(28, 1)
+        )])
+    );
+}
+
+#[test]
+fn gso_packet_counts_its_segments() {
+    let cap = load(CaptureConfig::default());
+    // A TSO super-packet of 3 segments with 1000, 1000 and 500 payload bytes.
+    let f = FrameSpec::new("10.5.0.1", "10.5.0.2", L4Spec::Tcp(1, 2), 2500);
+    let mut ctx = skb_ctx(3, 1000);
+    let out = test_run(&cap, Direction::FromPod, &f.build(), Some(&mut ctx), 1).expect("test run");
+    assert_eq!(out.retval, TC_ACT_UNSPEC);
+    // IPv6 UDP GSO with an extension header: 4 segments.
+    let mut f6 = FrameSpec::new("fd00::5", "fd00::6", L4Spec::Udp(1, 2), 2000);
+    f6.ipv6_ext = 1;
+    let mut ctx = skb_ctx(4, 500);
+    test_run(&cap, Direction::ToPod, &f6.build(), Some(&mut ctx), 1).expect("test run");
+    let (m, _) = drained(&cap);
+    let want = BTreeMap::from([
+        // 3 x (20 IP + 20 TCP) headers + 2500 payload.
+        (
+            key("10.5.0.1", "10.5.0.2", Direction::FromPod),
+            Counters::new(3 * 40 + 2500, 3),
+        ),
+        // 4 x (40 IPv6 + 8 ext + 8 UDP) headers + 2000 payload.
+        (
+            key("fd00::5", "fd00::6", Direction::ToPod),
+            Counters::new(4 * 56 + 2000, 4),
+        ),
+    ]);
+    assert_eq!(m, want);
+}
+
+#[test]
+fn full_table_overflows_into_the_overflow_counter() {
+    let cap = load(CaptureConfig {
+        max_flows: 4,
+        ..CaptureConfig::default()
+    });
+    let mut total = Counters::default();
+    for i in 0..10u8 {
+        let f = FrameSpec::new("10.6.0.1", &format!("10.6.1.{i}"), L4Spec::Udp(1, 2), 100);
+        run(&cap, Direction::FromPod, &f.build());
+        total += Counters::new(f.l3_len() as u64, 1);
+    }
+    let d = BpfCollector::new(cap.clone()).drain().expect("drain");
+    assert_eq!(d.samples.len(), 4, "exactly max_flows flows get a slot");
+    assert_eq!(d.overflow, Counters::new(6 * 128, 6));
+    assert_eq!(
+        d.total(),
+        total,
+        "flows + overflow add up to everything sent"
+    );
+    assert_eq!(d.capacity, 4);
+    // After the drain the table has room again, and the overflow slot is back.
+    for i in 0..6u8 {
+        let f = FrameSpec::new("10.6.0.1", &format!("10.6.2.{i}"), L4Spec::Udp(1, 2), 100);
+        run(&cap, Direction::FromPod, &f.build());
+    }
+    let d = BpfCollector::new(cap.clone()).drain().expect("drain");
+    assert_eq!(
+        (d.samples.len(), d.overflow),
+        (4, Counters::new(2 * 128, 2))
+    );
+    // And the other table (used after the first swap) behaves the same.
+    let d = BpfCollector::new(cap.clone()).drain().expect("drain");
+    assert!(d.samples.is_empty() && d.overflow.is_zero());
+}
+
+#[test]
+fn service_cidr_traffic_carries_protocol_and_ports() {
+    let cap = load(CaptureConfig {
+        service_cidrs: vec![
+            "10.96.0.0/12".parse().unwrap(),
+            "fd00:96::/112".parse().unwrap(),
+        ],
+        ..CaptureConfig::default()
+    });
+    // Request to a ClusterIP (remote = dst for FromPod): ports kept.
+    let req = FrameSpec::new("10.0.0.5", "10.96.0.10", L4Spec::Tcp(41000, 80), 50);
+    // Reply from the ClusterIP (remote = src for ToPod): ports kept.
+    let rep = FrameSpec::new("10.96.0.10", "10.0.0.5", L4Spec::Tcp(80, 41000), 500);
+    // UDP DNS to a v6 ClusterIP.
+    let dns6 = FrameSpec::new("fd00::5", "fd00:96::a", L4Spec::Udp(5353, 53), 40);
+    // Outside the CIDRs: no ports.
+    let plain = FrameSpec::new("10.0.0.5", "10.112.0.1", L4Spec::Tcp(41000, 80), 50);
+    // A ClusterIP as *local* address does not count (FromPod remote is dst).
+    let local = FrameSpec::new("10.96.0.10", "10.0.0.9", L4Spec::Udp(7, 8), 10);
+    for (dir, f) in [
+        (Direction::FromPod, &req),
+        (Direction::ToPod, &rep),
+        (Direction::FromPod, &dns6),
+        (Direction::FromPod, &plain),
+        (Direction::FromPod, &local),
+    ] {
+        run(&cap, dir, &f.build());
+    }
+    let (m, _) = drained(&cap);
+    let l4 = |proto, s, d| {
+        Some(L4 {
+            proto,
+            src_port: s,
+            dst_port: d,
+        })
+    };
+    let with = |src: &str, dst: &str, dir, l| FlowKey {
+        l4: l,
+        ..key(src, dst, dir)
+    };
+    let want = BTreeMap::from([
+        (
+            with(
+                "10.0.0.5",
+                "10.96.0.10",
+                Direction::FromPod,
+                l4(6, 41000, 80),
+            ),
+            Counters::new(90, 1),
+        ),
+        (
+            with("10.96.0.10", "10.0.0.5", Direction::ToPod, l4(6, 80, 41000)),
+            Counters::new(540, 1),
+        ),
+        (
+            with(
+                "fd00::5",
+                "fd00:96::a",
+                Direction::FromPod,
+                l4(17, 5353, 53),
+            ),
+            Counters::new(88, 1),
+        ),
+        (
+            key("10.0.0.5", "10.112.0.1", Direction::FromPod),
+            Counters::new(90, 1),
+        ),
+        (
+            key("10.96.0.10", "10.0.0.9", Direction::FromPod),
+            Counters::new(38, 1),
+        ),
+    ]);
+    assert_eq!(m, want);
+}
+
+#[test]
+fn without_service_cidrs_no_ports_are_kept() {
+    let cap = load(CaptureConfig::default());
+    let req = FrameSpec::new("10.0.0.5", "10.96.0.10", L4Spec::Tcp(41000, 80), 50);
+    run(&cap, Direction::FromPod, &req.build());
+    let (m, _) = drained(&cap);
+    assert_eq!(
+        m,
+        BTreeMap::from([(
+            key("10.0.0.5", "10.96.0.10", Direction::FromPod),
+            Counters::new(90, 1)
+        )])
+    );
+}
+
+#[test]
+fn bad_config_is_rejected_with_a_clear_error() {
+    let e = Capture::load(&CaptureConfig {
+        max_flows: 0,
+        ..CaptureConfig::default()
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("max_flows"), "{e}");
+    let nets = (0..9)
+        .map(|i| format!("10.{i}.0.0/16").parse().unwrap())
+        .collect();
+    let e = Capture::load(&CaptureConfig {
+        service_cidrs: nets,
+        ..CaptureConfig::default()
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("at most 8 Service CIDRs"), "{e}");
+}
