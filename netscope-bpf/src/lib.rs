@@ -6,6 +6,7 @@
 //! `unsafe` (all of it in `sys`, behind safe wrappers).
 #![warn(missing_docs)]
 
+mod attach;
 mod collector;
 mod loader;
 pub mod maps;
@@ -13,6 +14,9 @@ mod sys;
 #[doc(hidden)]
 pub mod testing;
 
+pub use attach::{
+    interface, tcx_programs, BpfAttacher, PROGRAM_NAME_PREFIX, TC_HANDLE, TC_PRIORITY,
+};
 pub use collector::BpfCollector;
 pub use loader::{
     Capture, CaptureConfig, LoadError, DEFAULT_MAX_FLOWS, MAX_MAX_FLOWS, MAX_SERVICE_CIDRS,

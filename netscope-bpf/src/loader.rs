@@ -266,6 +266,12 @@ impl Capture {
         self.prog_ids[direction.as_raw() as usize]
     }
 
+    /// The table the program writes to now: (index, fd).
+    pub(crate) fn active_table(&self) -> (usize, BorrowedFd<'_>) {
+        let i = self.state.lock().unwrap_or_else(|p| p.into_inner()).active;
+        (i, self.tables[i].as_fd())
+    }
+
     /// Flow-table capacity (excluding the overflow slot).
     pub fn capacity(&self) -> u32 {
         self.capacity

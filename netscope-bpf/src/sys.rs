@@ -191,12 +191,23 @@ pub fn tcx_link_create(
     ifindex: u32,
     attach_type: libbpf_sys::bpf_attach_type,
 ) -> io::Result<OwnedFd> {
+    tcx_link_create_flags(prog, ifindex, attach_type, libbpf_sys::BPF_F_BEFORE)
+}
+
+/// Like [`tcx_link_create`] with explicit placement flags (`BPF_F_BEFORE`
+/// for the head of the chain, 0 to append).
+pub fn tcx_link_create_flags(
+    prog: BorrowedFd<'_>,
+    ifindex: u32,
+    attach_type: libbpf_sys::bpf_attach_type,
+    flags: u32,
+) -> io::Result<OwnedFd> {
     let mut opts = libbpf_sys::bpf_link_create_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _,
         ..Default::default()
     };
-    // BPF_F_BEFORE with no relative program: head of the chain.
-    opts.flags = libbpf_sys::BPF_F_BEFORE;
+    // BPF_F_BEFORE with no relative program: head of the chain; 0: the end.
+    opts.flags = flags;
     // SAFETY: prog is a valid program fd; opts is a sized struct whose union
     // member for TCX (relative_fd/expected_revision) is zero = no anchor.
     let fd = unsafe {
@@ -240,4 +251,152 @@ pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
     };
     check(ret)?;
     Ok(info.id)
+}
+
+/// The name of a loaded program, by kernel id (as the kernel stores it:
+/// at most 15 bytes).
+pub fn prog_name_by_id(id: u32) -> io::Result<String> {
+    // SAFETY: plain syscall wrapper; returns a new fd or -errno.
+    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) };
+    let fd = check(fd)?;
+    // SAFETY: the kernel just returned this fd; we own it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: as in prog_id.
+    let ret = unsafe {
+        libbpf_sys::bpf_obj_get_info_by_fd(
+            fd.as_raw_fd(),
+            (&mut info as *mut libbpf_sys::bpf_prog_info).cast(),
+            &mut len,
+        )
+    };
+    check(ret)?;
+    let name: Vec<u8> = info
+        .name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Ok(String::from_utf8_lossy(&name).into_owned())
+}
+
+/// Explicitly detaches a BPF link (the fd stays open, but defunct).
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall wrapper on a valid fd.
+    let ret = unsafe { libbpf_sys::bpf_link_detach(link.as_raw_fd()) };
+    check(ret).map(|_| ())
+}
+
+/// Inode of the calling thread's network namespace.
+pub fn current_netns() -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
+}
+
+/// Interface index of `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(|_| {
+        io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL byte")
+    })?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(idx)
+    }
+}
+
+/// A legacy-TC filter location: clsact hook of an interface plus the
+/// filter's handle and priority. Plain data, so it is `Send`.
+///
+/// netscope calls libbpf's `bpf_tc_*` directly rather than through
+/// libbpf-rs's `TcHook`, whose errors drop the errno that restart safety
+/// and coexistence decisions need, and which is not `Send`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcFilter {
+    /// Interface index (in the caller's network namespace).
+    pub ifindex: u32,
+    /// True for the ingress hook, false for egress.
+    pub ingress: bool,
+    /// Filter handle.
+    pub handle: u32,
+    /// Filter priority.
+    pub priority: u32,
+}
+
+impl TcFilter {
+    fn hook(&self) -> libbpf_sys::bpf_tc_hook {
+        libbpf_sys::bpf_tc_hook {
+            sz: std::mem::size_of::<libbpf_sys::bpf_tc_hook>() as _,
+            ifindex: self.ifindex as i32,
+            attach_point: if self.ingress {
+                libbpf_sys::BPF_TC_INGRESS
+            } else {
+                libbpf_sys::BPF_TC_EGRESS
+            },
+            parent: 0,
+            handle: 0,
+            qdisc: std::ptr::null(),
+        }
+    }
+
+    fn opts(&self) -> libbpf_sys::bpf_tc_opts {
+        libbpf_sys::bpf_tc_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_tc_opts>() as _,
+            handle: self.handle,
+            priority: self.priority,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the clsact qdisc; `Ok(false)` when it already existed.
+    pub fn create_clsact(&self) -> io::Result<bool> {
+        let mut hook = self.hook();
+        // SAFETY: hook is a sized, fully initialised bpf_tc_hook (qdisc null).
+        let ret = unsafe { libbpf_sys::bpf_tc_hook_create(&mut hook) };
+        match check(ret) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Id of the program at this handle/priority, or `None`.
+    pub fn query(&self) -> io::Result<Option<u32>> {
+        let hook = self.hook();
+        let mut opts = self.opts();
+        // SAFETY: hook and opts are sized and initialised; prog_fd/flags/prog_id are 0 as required.
+        let ret = unsafe { libbpf_sys::bpf_tc_query(&hook, &mut opts) };
+        match check(ret) {
+            Ok(_) => Ok(Some(opts.prog_id)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Attaches `prog` (direct-action), replacing what is at this
+    /// handle/priority when `replace` is set.
+    pub fn attach(&self, prog: BorrowedFd<'_>, replace: bool) -> io::Result<u32> {
+        let hook = self.hook();
+        let mut opts = self.opts();
+        opts.prog_fd = prog.as_raw_fd();
+        if replace {
+            opts.flags = libbpf_sys::BPF_TC_F_REPLACE;
+        }
+        // SAFETY: hook and opts are sized and initialised; prog is a valid fd.
+        let ret = unsafe { libbpf_sys::bpf_tc_attach(&hook, &mut opts) };
+        check(ret)?;
+        Ok(opts.prog_id)
+    }
+
+    /// Removes the filter at this handle/priority, and nothing else.
+    pub fn detach(&self) -> io::Result<()> {
+        let hook = self.hook();
+        let opts = self.opts();
+        // SAFETY: hook and opts are sized and initialised; prog fields are 0 as required.
+        let ret = unsafe { libbpf_sys::bpf_tc_detach(&hook, &opts) };
+        check(ret).map(|_| ())
+    }
 }

@@ -40,6 +40,8 @@ const volatile __u16 push_vlan_proto = ETH_P_8021Q;
 /* Packets seen by cni_count / cni_drop, and packets dropped by cni_drop. */
 __u64 cni_seen = 0;
 __u64 cni_dropped = 0;
+/* Packets vlan_pop found with a tag in skb metadata. */
+__u64 vlan_popped = 0;
 /* cni_drop drops UDP packets to this destination port. */
 const volatile __u16 drop_udp_port = 9;
 
@@ -87,6 +89,8 @@ SEC("tc")
 int vlan_pop(struct __sk_buff *skb)
 {
 	/* Pops the tag in skb metadata (or the outer in-band tag). */
+	if (skb->vlan_present)
+		__sync_fetch_and_add(&vlan_popped, 1);
 	bpf_skb_vlan_pop(skb);
 	return TC_ACT_UNSPEC;
 }

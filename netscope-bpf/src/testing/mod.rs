@@ -9,6 +9,9 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
 use crate::sys;
 
+pub mod netns;
+pub mod topo;
+
 #[allow(
     missing_docs,
     clippy::all,
@@ -228,12 +231,23 @@ impl TestPrograms {
     /// # Errors
     /// The kernel's error on the map lookup.
     pub fn cni_counters(&self) -> std::io::Result<(u64, u64)> {
-        let mut v = [0u8; 16];
+        let v = self.bss_words()?;
+        Ok((v[0], v[1]))
+    }
+
+    /// Packets vlan_pop found tagged in skb metadata.
+    ///
+    /// # Errors
+    /// The kernel's error on the map lookup.
+    pub fn vlan_popped(&self) -> std::io::Result<u64> {
+        Ok(self.bss_words()?[2])
+    }
+
+    fn bss_words(&self) -> std::io::Result<[u64; 3]> {
+        let mut v = [0u8; 24];
         sys::map_lookup(self.bss.as_fd(), &0u32.to_ne_bytes(), &mut v)?;
-        Ok((
-            u64::from_ne_bytes(v[0..8].try_into().expect("8")),
-            u64::from_ne_bytes(v[8..16].try_into().expect("8")),
-        ))
+        let w = |i: usize| u64::from_ne_bytes(v[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        Ok([w(0), w(1), w(2)])
     }
 
     /// Runs one of these programs through `BPF_PROG_TEST_RUN`.
@@ -243,4 +257,42 @@ impl TestPrograms {
     pub fn run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> std::io::Result<sys::TestRun> {
         sys::prog_test_run(prog, frame, None, repeat)
     }
+}
+
+/// Fills the table the program writes to now with `keys` (one value each,
+/// put on CPU 0), for the drain benchmark.
+///
+/// # Errors
+/// The kernel's error (E2BIG when the table is too small).
+pub fn fill_active_table(
+    capture: &crate::Capture,
+    keys: &[netscope::FlowKey],
+    value: netscope::Counters,
+) -> std::io::Result<()> {
+    let (idx, fd) = capture.active_table();
+    let _ = idx;
+    let stride = capture.layout.value_stride();
+    let mut kbuf = Vec::with_capacity(keys.len() * crate::maps::KEY_SIZE);
+    let mut vbuf = vec![0u8; keys.len() * stride];
+    for (i, k) in keys.iter().enumerate() {
+        kbuf.extend_from_slice(&crate::maps::encode_key(k));
+        vbuf[i * stride..i * stride + 8].copy_from_slice(&value.bytes.to_ne_bytes());
+        vbuf[i * stride + 8..i * stride + 16].copy_from_slice(&value.packets.to_ne_bytes());
+    }
+    sys::map_update_batch(fd, &kbuf, crate::maps::KEY_SIZE, &vbuf, stride)
+}
+
+/// Attaches a helper program with TCX at the end of the chain (after
+/// netscope) of `ifindex`'s ingress or egress hook, in the calling thread's
+/// namespace. Closing the fd detaches it.
+///
+/// # Errors
+/// The kernel's error.
+pub fn tcx_append(prog: BorrowedFd<'_>, ifindex: u32, ingress: bool) -> std::io::Result<OwnedFd> {
+    let ty = if ingress {
+        libbpf_sys::BPF_TCX_INGRESS
+    } else {
+        libbpf_sys::BPF_TCX_EGRESS
+    };
+    sys::tcx_link_create_flags(prog, ifindex, ty, 0)
 }

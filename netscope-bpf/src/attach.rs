@@ -1,0 +1,292 @@
+//! TCX and legacy-TC attachers.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use netscope::{AttachError, AttachMode, Attacher, Attachment, Direction, Interface};
+
+use crate::loader::Capture;
+use crate::sys::{self, TcFilter};
+
+/// Handle of netscope's legacy-TC filters (`tc filter show` prints 0x4e53, "NS").
+pub const TC_HANDLE: u32 = 0x4e53;
+/// Priority of netscope's legacy-TC filters. 1 is the first slot, so netscope
+/// sees packets before filters of higher priority numbers.
+pub const TC_PRIORITY: u32 = 1;
+/// Prefix of the kernel names of netscope's programs (`netscope_from_p`,
+/// `netscope_to_pod`: the kernel keeps 15 bytes).
+pub const PROGRAM_NAME_PREFIX: &str = "netscope_";
+
+fn tcx_attach_type(direction: Direction) -> libbpf_sys::bpf_attach_type {
+    match direction {
+        Direction::FromPod => libbpf_sys::BPF_TCX_INGRESS,
+        Direction::ToPod => libbpf_sys::BPF_TCX_EGRESS,
+    }
+}
+
+/// A TCX link. Closing the fd removes exactly this link.
+#[derive(Debug)]
+struct TcxAttachment {
+    link: Option<OwnedFd>,
+    iface: Interface,
+    direction: Direction,
+}
+
+impl Attachment for TcxAttachment {
+    fn interface(&self) -> &Interface {
+        &self.iface
+    }
+    fn direction(&self) -> Direction {
+        self.direction
+    }
+    fn mode(&self) -> AttachMode {
+        AttachMode::Tcx
+    }
+    fn detach(mut self: Box<Self>) -> Result<(), AttachError> {
+        let link = self.link.take().expect("a live attachment has its link");
+        let res = sys::link_detach(link.as_fd());
+        drop(link);
+        match res {
+            // ENOLINK: the interface is gone and took the link with it.
+            Err(e) if e.raw_os_error() != Some(libc::ENOLINK) => Err(AttachError::Detach {
+                iface: self.iface.clone(),
+                direction: self.direction,
+                mode: AttachMode::Tcx,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A legacy cls_bpf filter, identified by netscope's handle and priority.
+#[derive(Debug)]
+struct TcAttachment {
+    filter: Option<TcFilter>,
+    netns: u64,
+    iface: Interface,
+    direction: Direction,
+}
+
+impl TcAttachment {
+    fn remove(&mut self) -> io::Result<()> {
+        let Some(filter) = self.filter.take() else {
+            return Ok(());
+        };
+        // Netlink works on the calling thread's namespace: refuse to touch
+        // an interface with the same index somewhere else.
+        if sys::current_netns()? != self.netns {
+            return Err(io::Error::other(
+                "detach called from another network namespace than the attach",
+            ));
+        }
+        match filter.detach() {
+            // The interface (and its filters) is already gone.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::ENOENT)) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl Attachment for TcAttachment {
+    fn interface(&self) -> &Interface {
+        &self.iface
+    }
+    fn direction(&self) -> Direction {
+        self.direction
+    }
+    fn mode(&self) -> AttachMode {
+        AttachMode::Tc
+    }
+    fn detach(mut self: Box<Self>) -> Result<(), AttachError> {
+        self.remove().map_err(|source| AttachError::Detach {
+            iface: self.iface.clone(),
+            direction: self.direction,
+            mode: AttachMode::Tc,
+            source,
+        })
+    }
+}
+
+impl Drop for TcAttachment {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            tracing::warn!(iface = %self.iface.name, ifindex = self.iface.ifindex, direction = %self.direction, mode = "tc", error = %e, "detach failed");
+        }
+    }
+}
+
+const RESOLVED_UNKNOWN: u8 = 0;
+const RESOLVED_TCX: u8 = 1;
+const RESOLVED_TC: u8 = 2;
+
+/// Attaches the capture program in TCX, legacy-TC or auto mode.
+///
+/// The same loaded program serves every interface: `FromPod` goes on the
+/// host-side ingress hook, `ToPod` on egress. Calls act on the calling
+/// thread's network namespace.
+#[derive(Debug)]
+pub struct BpfAttacher {
+    capture: Arc<Capture>,
+    mode: AttachMode,
+    /// For [`AttachMode::Auto`]: what the kernel accepted first.
+    resolved: AtomicU8,
+}
+
+impl BpfAttacher {
+    /// An attacher for `capture` in `mode`.
+    pub fn new(capture: Arc<Capture>, mode: AttachMode) -> Self {
+        BpfAttacher {
+            capture,
+            mode,
+            resolved: AtomicU8::new(RESOLVED_UNKNOWN),
+        }
+    }
+
+    /// The mode auto mode settled on, once it has attached something.
+    pub fn effective_mode(&self) -> Option<AttachMode> {
+        match self.mode {
+            AttachMode::Auto => match self.resolved.load(Ordering::Relaxed) {
+                RESOLVED_TCX => Some(AttachMode::Tcx),
+                RESOLVED_TC => Some(AttachMode::Tc),
+                _ => None,
+            },
+            m => Some(m),
+        }
+    }
+
+    fn attach_tcx(
+        &self,
+        iface: &Interface,
+        direction: Direction,
+    ) -> io::Result<Box<dyn Attachment>> {
+        let link = sys::tcx_link_create(
+            self.capture.program(direction),
+            iface.ifindex,
+            tcx_attach_type(direction),
+        )?;
+        Ok(Box::new(TcxAttachment {
+            link: Some(link),
+            iface: iface.clone(),
+            direction,
+        }))
+    }
+
+    fn attach_tc(
+        &self,
+        iface: &Interface,
+        direction: Direction,
+    ) -> io::Result<Box<dyn Attachment>> {
+        let netns = sys::current_netns()?;
+        let prog = self.capture.program(direction);
+        let filter = TcFilter {
+            ifindex: iface.ifindex,
+            ingress: direction == Direction::FromPod,
+            handle: TC_HANDLE,
+            priority: TC_PRIORITY,
+        };
+        // Creates the clsact qdisc unless there is one; never deletes it later.
+        filter.create_clsact()?;
+        // A filter already at our handle and priority: replace it only if it
+        // is netscope's (left by a killed agent), never someone else's.
+        let existing = filter.query()?;
+        if let Some(id) = existing {
+            let name = sys::prog_name_by_id(id).unwrap_or_default();
+            if !name.starts_with(PROGRAM_NAME_PREFIX) {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("handle {TC_HANDLE:#x} priority {TC_PRIORITY} holds another tool's program (id {id}, name {name:?}); not replacing it"),
+                ));
+            }
+            if id != self.capture.program_id(direction) {
+                tracing::info!(iface = %iface.name, ifindex = iface.ifindex, direction = %direction, old_prog_id = id, "replacing a stale netscope filter left by an earlier agent");
+            }
+        }
+        filter.attach(prog, existing.is_some())?;
+        Ok(Box::new(TcAttachment {
+            filter: Some(filter),
+            netns,
+            iface: iface.clone(),
+            direction,
+        }))
+    }
+}
+
+/// True for the errors a kernel without TCX gives for a TCX attach.
+fn tcx_unsupported(e: &io::Error) -> bool {
+    // EINVAL: unknown attach type (checked on 6.1); EOPNOTSUPP/ENOTSUPP(524):
+    // not supported for this program or device.
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(524)
+    )
+}
+
+impl Attacher for BpfAttacher {
+    fn attach(
+        &self,
+        iface: &Interface,
+        direction: Direction,
+    ) -> Result<Box<dyn Attachment>, AttachError> {
+        let err = |mode, source| AttachError::Attach {
+            iface: iface.clone(),
+            direction,
+            mode,
+            source,
+        };
+        match self.mode {
+            AttachMode::Tcx => self
+                .attach_tcx(iface, direction)
+                .map_err(|e| err(AttachMode::Tcx, e)),
+            AttachMode::Tc => self
+                .attach_tc(iface, direction)
+                .map_err(|e| err(AttachMode::Tc, e)),
+            AttachMode::Auto => {
+                if self.resolved.load(Ordering::Relaxed) != RESOLVED_TC {
+                    match self.attach_tcx(iface, direction) {
+                        Ok(a) => {
+                            self.resolved.store(RESOLVED_TCX, Ordering::Relaxed);
+                            return Ok(a);
+                        }
+                        Err(e)
+                            if tcx_unsupported(&e)
+                                && self.resolved.load(Ordering::Relaxed) == RESOLVED_UNKNOWN =>
+                        {
+                            tracing::warn!(iface = %iface.name, ifindex = iface.ifindex, direction = %direction, error = %e, "TCX attach refused; this kernel has no TCX (needs 6.6+): falling back to legacy TC for all interfaces");
+                            self.resolved.store(RESOLVED_TC, Ordering::Relaxed);
+                        }
+                        Err(e) => return Err(err(AttachMode::Tcx, e)),
+                    }
+                }
+                self.attach_tc(iface, direction)
+                    .map_err(|e| err(AttachMode::Tc, e))
+            }
+        }
+    }
+
+    fn mode(&self) -> AttachMode {
+        self.mode
+    }
+}
+
+/// Looks `name` up in the calling thread's network namespace.
+///
+/// # Errors
+/// `ENODEV` when there is no such interface.
+pub fn interface(name: &str) -> io::Result<Interface> {
+    Ok(Interface {
+        name: name.to_string(),
+        ifindex: sys::ifindex(name)?,
+    })
+}
+
+/// Program ids on a TCX hook of `ifindex`, in run order (for tests and
+/// diagnostics).
+///
+/// # Errors
+/// The kernel's error (EINVAL on kernels without TCX).
+pub fn tcx_programs(ifindex: u32, direction: Direction) -> io::Result<Vec<u32>> {
+    sys::tcx_query(ifindex, tcx_attach_type(direction))
+}
