@@ -7,17 +7,18 @@ use netscope::collect::{CollectError, Collector, Drain};
 use netscope::{Counters, FlowSample};
 
 use crate::loader::Capture;
-use crate::maps::{decode_key, RawKey, KEY_SIZE};
+use crate::maps::{decode_key, RawKey, CACHE_SIZE, KEY_SIZE};
 use crate::sys;
 
 /// Entries fetched per batch syscall.
-const BATCH: usize = 8192;
+const BATCH: usize = 16384;
 
 /// Drains the capture program's flow tables.
 ///
-/// Each [`Collector::drain`] swaps the table the program writes to (the
-/// kernel waits for every running program before the swap returns), then
-/// reads and empties the table that is now idle. No increment is lost or
+/// Each [`Collector::drain`] flips the side (flow table + per-CPU cache
+/// entry) the program writes to, waits for every running program to finish
+/// (an RCU grace period, through a map-in-map update), then reads and
+/// empties the side that is now idle. No increment is lost or
 /// returned twice, however much traffic flows meanwhile.
 #[derive(Debug)]
 pub struct BpfCollector {
@@ -60,17 +61,45 @@ impl Collector for BpfCollector {
         // The standby table always holds the overflow slot before it goes live.
         cap.install_overflow_slot(next)
             .map_err(Self::map_err("update", TABLE_NAMES[next]))?;
-        let next_fd = std::os::fd::AsRawFd::as_raw_fd(&cap.tables[next]);
+        // Flip the side programs write to ...
         sys::map_update(
-            cap.active_flows.as_fd(),
+            cap.ctl.as_fd(),
             &0u32.to_ne_bytes(),
-            &next_fd.to_ne_bytes(),
+            &(next as u32).to_ne_bytes(),
             0,
         )
-        .map_err(Self::map_err("update", "active_flows"))?;
-        // From here on no program writes to tables[idle]: the update above
-        // returned only after an RCU grace period.
+        .map_err(Self::map_err("update", "data_ctl"))?;
+        // ... and wait for programs that may still use the old side: an
+        // update of a map-in-map returns only after an RCU grace period
+        // (kernel/bpf/syscall.c, maybe_wait_bpf_programs). The update itself
+        // changes nothing: it puts the same table back in its slot.
+        let idle_fd = std::os::fd::AsRawFd::as_raw_fd(&cap.tables[idle]);
+        sys::map_update(
+            cap.flow_tables.as_fd(),
+            &(idle as u32).to_ne_bytes(),
+            &idle_fd.to_ne_bytes(),
+            0,
+        )
+        .map_err(Self::map_err("update", "flow_tables"))?;
         state.active = next;
+
+        // The per-CPU cache entries of the idle side: at most one flow per CPU.
+        let cstride = cap.layout.cache_stride();
+        let mut cache = vec![0u8; cstride];
+        sys::map_lookup(cap.cache.as_fd(), &(idle as u32).to_ne_bytes(), &mut cache)
+            .map_err(Self::map_err("lookup", "flow_cache"))?;
+        let mut cached: Vec<([u8; KEY_SIZE], Counters)> = Vec::new();
+        for cpu in cache.chunks_exact(CACHE_SIZE) {
+            let counters = cap.layout.fold(&cpu[KEY_SIZE..]);
+            if cpu[32] == 0 || counters.is_zero() {
+                continue;
+            }
+            let key: [u8; KEY_SIZE] = cpu[..KEY_SIZE].try_into().expect("key size");
+            match cached.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, c)) => *c += counters,
+                None => cached.push((key, counters)),
+            }
+        }
 
         let stride = cap.layout.value_stride();
         let mut drain = Drain {
@@ -89,9 +118,16 @@ impl Collector for BpfCollector {
                 stride,
             )
             .map_err(Self::map_err("lookup_and_delete_batch", TABLE_NAMES[idle]))?;
+            drain.samples.reserve(n);
             for i in 0..n {
                 let key = &self.keys[i * KEY_SIZE..(i + 1) * KEY_SIZE];
-                let counters = cap.layout.fold(&self.values[i * stride..(i + 1) * stride]);
+                let mut counters = cap.layout.fold(&self.values[i * stride..(i + 1) * stride]);
+                // Merge a cached entry of the same flow into this one.
+                if !cached.is_empty() {
+                    if let Some(pos) = cached.iter().position(|(k, _)| k.as_slice() == key) {
+                        counters += cached.swap_remove(pos).1;
+                    }
+                }
                 match decode_key(key) {
                     RawKey::Flow(key) if !counters.is_zero() => {
                         drain.samples.push(FlowSample { key, counters })
@@ -108,6 +144,21 @@ impl Collector for BpfCollector {
                 break;
             }
         }
+        // Cached flows that had no table entry.
+        for (key, counters) in cached {
+            match decode_key(&key) {
+                RawKey::Flow(key) => drain.samples.push(FlowSample { key, counters }),
+                RawKey::Overflow | RawKey::Invalid => {
+                    invalid += 1;
+                    drain.overflow += counters;
+                }
+            }
+        }
+        // Clear the idle side's cache entries.
+        let zero = vec![0u8; cstride];
+        sys::map_update(cap.cache.as_fd(), &(idle as u32).to_ne_bytes(), &zero, 0)
+            .map_err(Self::map_err("update", "flow_cache"))?;
+
         // The overflow slot was drained with the rest; put it back so the
         // table is ready for its next turn.
         cap.install_overflow_slot(idle)

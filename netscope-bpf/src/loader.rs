@@ -70,7 +70,7 @@ pub enum LoadError {
 /// State of the double buffer, guarded by one lock so drains never overlap.
 #[derive(Debug)]
 pub(crate) struct BufferState {
-    /// Index (0 = flows_a, 1 = flows_b) of the table active_flows[0] points at.
+    /// The side (0 = flows_a, 1 = flows_b) the program writes to now.
     pub active: usize,
     /// Last values read of the lost_* counters (cumulative in the kernel).
     pub lost_seen: (u64, u64),
@@ -84,7 +84,9 @@ pub struct Capture {
     progs: [OwnedFd; 2],
     prog_ids: [u32; 2],
     pub(crate) tables: [OwnedFd; 2],
-    pub(crate) active_flows: OwnedFd,
+    pub(crate) flow_tables: OwnedFd,
+    pub(crate) cache: OwnedFd,
+    pub(crate) ctl: OwnedFd,
     pub(crate) bss: OwnedFd,
     pub(crate) layout: FlowMapLayout,
     pub(crate) capacity: u32,
@@ -208,7 +210,9 @@ impl Capture {
             dup(skel.maps.flows_a.as_fd(), "flows_a")?,
             dup(skel.maps.flows_b.as_fd(), "flows_b")?,
         ];
-        let active_flows = dup(skel.maps.active_flows.as_fd(), "active_flows")?;
+        let flow_tables = dup(skel.maps.flow_tables.as_fd(), "flow_tables")?;
+        let cache = dup(skel.maps.flow_cache.as_fd(), "flow_cache")?;
+        let ctl = dup(skel.maps.data_ctl.as_fd(), "data_ctl")?;
         let bss = dup(skel.maps.bss.as_fd(), "bss")?;
         // The fds above keep every kernel object alive; the skeleton (and
         // the libbpf object behind it) is no longer needed.
@@ -223,7 +227,9 @@ impl Capture {
             progs,
             prog_ids,
             tables,
-            active_flows,
+            flow_tables,
+            cache,
+            ctl,
             bss,
             layout,
             capacity: config.max_flows,

@@ -9,7 +9,11 @@ pub const KEY_SIZE: usize = 40;
 /// `sizeof(struct flow_value)`.
 pub const VALUE_SIZE: usize = 16;
 
+/// `sizeof(struct flow_cache)`: a key and a value.
+pub const CACHE_SIZE: usize = KEY_SIZE + VALUE_SIZE;
+
 const _: () = assert!(std::mem::size_of::<crate::skel::types::flow_key>() == KEY_SIZE);
+const _: () = assert!(std::mem::size_of::<crate::skel::types::flow_cache>() == CACHE_SIZE);
 const _: () = assert!(std::mem::size_of::<crate::skel::types::flow_value>() == VALUE_SIZE);
 
 /// Sizes of per-CPU values for this machine.
@@ -30,6 +34,11 @@ impl FlowMapLayout {
     /// 8-byte-aligned `flow_value` per possible CPU.
     pub fn value_stride(&self) -> usize {
         VALUE_SIZE * self.ncpus
+    }
+
+    /// Bytes of one per-CPU `flow_cache` entry as the syscalls transfer it.
+    pub fn cache_stride(&self) -> usize {
+        CACHE_SIZE * self.ncpus
     }
 
     /// Number of possible CPUs.

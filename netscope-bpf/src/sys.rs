@@ -400,3 +400,21 @@ impl TcFilter {
         check(ret).map(|_| ())
     }
 }
+
+/// `BPF_MAP_GET_NEXT_KEY`: the key after `key` (the first with `None`).
+/// Returns false at the end.
+pub fn map_get_next_key(
+    map: BorrowedFd<'_>,
+    key: Option<&[u8]>,
+    next: &mut [u8],
+) -> io::Result<bool> {
+    let kp = key.map_or(std::ptr::null(), |k| k.as_ptr().cast());
+    // SAFETY: key (if any) and next are buffers of the map's key size.
+    let ret =
+        unsafe { libbpf_sys::bpf_map_get_next_key(map.as_raw_fd(), kp, next.as_mut_ptr().cast()) };
+    match check(ret) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}

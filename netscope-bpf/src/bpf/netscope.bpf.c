@@ -8,10 +8,12 @@
  *   the host-side TC egress hook (packets entering the pod).
  * - Transparent: every path returns TC_ACT_UNSPEC (== TCX_NEXT). The program
  *   never drops, redirects or edits a packet, and never ends the chain.
- * - Exact drain: counters go to the flow table that active_flows[0] points
- *   at. The collector swaps that pointer; the kernel waits for all running
- *   programs before the swap syscall returns (map-in-map updates call
- *   synchronize_rcu), so the old table is quiescent when it is drained.
+ * - Exact drain: state is double-buffered. active_idx (a global) picks the
+ *   flow table (flow_tables[idx]) and the per-CPU cache entry
+ *   (flow_cache[idx]). The collector flips active_idx, then makes an
+ *   update to flow_tables, which returns only after every running program
+ *   has finished (map-in-map updates call synchronize_rcu). The old side is
+ *   then quiescent and is drained and cleared.
  * - Uses only UAPI __sk_buff fields: loads without kernel BTF.
  */
 #ifndef NETSCOPE_BPF_C
@@ -59,15 +61,27 @@ struct flow_map {
 struct flow_map flows_a SEC(".maps"); /* flow table A */
 struct flow_map flows_b SEC(".maps"); /* flow table B */
 
-/* Slot 0 holds the flow table the program writes to now. */
+/* The two flow tables, indexed by active_idx. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS); /* updating it waits for running programs */
-	__uint(max_entries, 1);			  /* one slot: the active table */
-	__type(key, __u32);			  /* always 0 */
+	__uint(max_entries, 2);			  /* table A, table B */
+	__type(key, __u32);			  /* active_idx */
 	__array(values, struct flow_map);	  /* inner tables share flow_map's shape */
-} active_flows SEC(".maps") = {
-	.values = {[0] = &flows_a},
+} flow_tables SEC(".maps") = {
+	.values = {[0] = &flows_a, [1] = &flows_b},
 };
+
+/* Per-CPU last-flow cache, one entry per side. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); /* per-CPU: no atomics */
+	__uint(max_entries, 2);			 /* one per side */
+	__type(key, __u32);			 /* active_idx */
+	__type(value, struct flow_cache);	 /* last flow and its counters */
+} flow_cache SEC(".maps");
+
+/* Which side the program writes to (0 or 1). Written only by the collector;
+ * its own section keeps it apart from the counters in .bss. */
+__u32 active_idx SEC(".data.ctl") = 0;
 
 /* Service CIDRs, set before load. With a count of 0 the verifier removes the check. */
 const volatile __u32 svc_cidr_count = 0;
@@ -208,6 +222,50 @@ static __always_inline void ns_add(struct flow_value *v, __u64 bytes, __u64 pack
 	v->packets += packets;
 }
 
+static __always_inline int ns_key_eq(const struct flow_key *a, const struct flow_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+/* Adds to key's slot in the table, creating it; a full table counts into the
+ * overflow slot (the all-zero key, which the collector keeps installed). */
+static __always_inline void ns_table_add(void *flows, const struct flow_key *key, __u64 bytes,
+					 __u64 packets)
+{
+	struct flow_value *v = bpf_map_lookup_elem(flows, key);
+
+	if (v) {
+		ns_add(v, bytes, packets);
+		return;
+	}
+
+	struct flow_value init = {.bytes = bytes, .packets = packets};
+	long err = bpf_map_update_elem(flows, key, &init, BPF_NOEXIST);
+
+	if (err == 0)
+		return;
+	if (err == -NS_EEXIST) {
+		/* Another CPU inserted the key first; our per-CPU slot is there now. */
+		v = bpf_map_lookup_elem(flows, key);
+		if (v) {
+			ns_add(v, bytes, packets);
+			return;
+		}
+	}
+
+	struct flow_key overflow = {};
+
+	v = bpf_map_lookup_elem(flows, &overflow);
+	if (v) {
+		ns_add(v, bytes, packets);
+	} else {
+		__sync_fetch_and_add(&lost_bytes, bytes);
+		__sync_fetch_and_add(&lost_packets, packets);
+	}
+}
+
 static __always_inline int ns_count(struct __sk_buff *skb, const __u8 dir)
 {
 	struct flow_key key = {};
@@ -316,43 +374,27 @@ static __always_inline int ns_count(struct __sk_buff *skb, const __u8 dir)
 		}
 	}
 
-	__u32 zero = 0;
-	void *flows = bpf_map_lookup_elem(&active_flows, &zero);
+	__u32 idx = *(volatile __u32 *)&active_idx;
+	struct flow_cache *c = bpf_map_lookup_elem(&flow_cache, &idx);
+
+	if (!c)
+		return TC_ACT_UNSPEC;
+	if (ns_key_eq(&c->key, &key)) {
+		/* Hot path: same flow as this CPU's previous packet. */
+		ns_add(&c->val, bytes, packets);
+		return TC_ACT_UNSPEC;
+	}
+
+	void *flows = bpf_map_lookup_elem(&flow_tables, &idx);
 
 	if (!flows)
 		return TC_ACT_UNSPEC;
-
-	struct flow_value *v = bpf_map_lookup_elem(flows, &key);
-
-	if (v) {
-		ns_add(v, bytes, packets);
-		return TC_ACT_UNSPEC;
-	}
-
-	struct flow_value init = {.bytes = bytes, .packets = packets};
-	long err = bpf_map_update_elem(flows, &key, &init, BPF_NOEXIST);
-
-	if (err == 0)
-		return TC_ACT_UNSPEC;
-	if (err == -NS_EEXIST) {
-		/* Another CPU inserted the key first; our per-CPU slot is there now. */
-		v = bpf_map_lookup_elem(flows, &key);
-		if (v) {
-			ns_add(v, bytes, packets);
-			return TC_ACT_UNSPEC;
-		}
-	}
-
-	/* Table full: count into the overflow slot (all-zero key). */
-	struct flow_key overflow = {};
-
-	v = bpf_map_lookup_elem(flows, &overflow);
-	if (v) {
-		ns_add(v, bytes, packets);
-	} else {
-		__sync_fetch_and_add(&lost_bytes, bytes);
-		__sync_fetch_and_add(&lost_packets, packets);
-	}
+	/* Move the previous flow into the table, then cache this one. */
+	if (c->key.family != NS_FAMILY_OVERFLOW)
+		ns_table_add(flows, &c->key, c->val.bytes, c->val.packets);
+	c->key = key;
+	c->val.bytes = bytes;
+	c->val.packets = packets;
 	return TC_ACT_UNSPEC;
 }
 

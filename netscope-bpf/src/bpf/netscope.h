@@ -30,7 +30,8 @@
  * all-zero key (family 0) is the overflow slot.
  */
 struct flow_key {
-	__u32 src[4];	/* source address, network byte order */
+	/* 8-byte aligned so that the hot path compares it as five u64 words */
+	__u32 src[4] __attribute__((aligned(8)));	/* source address, network byte order */
 	__u32 dst[4];	/* destination address, network byte order */
 	__u8 family;	/* NS_FAMILY_V4 or NS_FAMILY_V6 (0: overflow slot) */
 	__u8 direction; /* NS_DIR_FROM_POD or NS_DIR_TO_POD */
@@ -44,6 +45,17 @@ struct flow_key {
 struct flow_value {
 	__u64 bytes;   /* L3 wire bytes: IP header + payload, per segment */
 	__u64 packets; /* wire packets (GSO segments) */
+};
+
+/*
+ * Per-CPU one-entry cache: the flow this CPU counted last and what it has
+ * accumulated since. A packet of the same flow adds here (no hash lookup);
+ * a packet of another flow first moves this entry into the flow table.
+ * family 0 means empty. The collector drains it with the table.
+ */
+struct flow_cache {
+	struct flow_key key;   /* the cached flow */
+	struct flow_value val; /* counted since it was cached */
 };
 
 /* A Service CIDR, pre-masked, as 4 network-order words of an IPv6 address. */

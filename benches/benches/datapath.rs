@@ -1,0 +1,192 @@
+//! Data-path cost of the netscope program against baselines measured in the
+//! same process, interleaved: an empty TC program (the floor of a
+//! `BPF_PROG_TEST_RUN` call) and a plain one-map per-CPU counting program.
+//! Also the drain of 100k flows. Needs root.
+//!
+//! Targets (issue 2): hot key, IPv4 64 B at most 1.8x the empty program;
+//! 4,096 keys within 1.2x the plain counting program; drain of 100k flows
+//! at most 50 ms.
+
+use std::hint::black_box;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use netscope::{Collector, Counters, Direction, FlowKey};
+use netscope_bpf::testing::{
+    fill_active_table, naive_read_active, FrameSpec, L4Spec, TestPrograms, ETH_P_8021Q,
+};
+use netscope_bpf::{BpfCollector, Capture, CaptureConfig};
+
+/// Packets per test-run syscall for hot-key cases.
+const REPEAT: u32 = 100_000;
+
+fn frames() -> Vec<(&'static str, Vec<u8>)> {
+    let v4_64 = FrameSpec::new("10.0.0.1", "10.0.1.2", L4Spec::Tcp(40000, 80), 10).build();
+    assert_eq!(v4_64.len(), 64);
+    let v4_1500 = FrameSpec::new("10.0.0.1", "10.0.1.2", L4Spec::Tcp(40000, 80), 1460).build();
+    let mut q = FrameSpec::new("10.0.0.1", "10.0.1.2", L4Spec::Udp(1, 2), 100);
+    q.vlans = vec![(ETH_P_8021Q, 100)];
+    let v6 = FrameSpec::new("fd00::1", "fd00::2", L4Spec::Tcp(1, 2), 100).build();
+    vec![
+        ("ipv4_tcp_64B", v4_64),
+        ("ipv4_1500B", v4_1500),
+        ("8021q", q.build()),
+        ("ipv6", v6),
+    ]
+}
+
+/// Wall time per packet of `repeat` runs of `prog` on `frame`.
+fn per_packet(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> f64 {
+    let t = Instant::now();
+    TestPrograms::run(prog, frame, repeat).expect("test run");
+    t.elapsed().as_nanos() as f64 / f64::from(repeat)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Kernel-measured ns per packet over distinct frames, one run each.
+fn many_keys(prog: BorrowedFd<'_>, frames: &[Vec<u8>]) -> f64 {
+    let mut total = Duration::ZERO;
+    for f in frames {
+        total += TestPrograms::run(prog, f, 1).expect("test run").duration;
+    }
+    total.as_nanos() as f64 / frames.len() as f64
+}
+
+fn main() {
+    let capture = Arc::new(
+        Capture::load(&CaptureConfig::default()).expect("load netscope (benchmarks need root)"),
+    );
+    let helpers = TestPrograms::load(100, 9).expect("load baseline programs");
+    let ns_prog = capture.program(Direction::FromPod);
+    let mut c = Criterion::default().configure_from_args();
+
+    // --- Criterion series (per 1000 packets), for the record.
+    {
+        let mut g = c.benchmark_group("datapath");
+        g.throughput(Throughput::Elements(u64::from(REPEAT)));
+        for (name, frame) in frames() {
+            for (prog_name, prog) in [("empty", helpers.empty.as_fd()), ("netscope", ns_prog)] {
+                g.bench_function(format!("{name}/{prog_name}"), |b| {
+                    b.iter_custom(|iters| {
+                        let t = Instant::now();
+                        for _ in 0..iters {
+                            black_box(TestPrograms::run(prog, &frame, REPEAT).expect("test run"));
+                        }
+                        t.elapsed()
+                    })
+                });
+            }
+        }
+        g.finish();
+    }
+
+    // --- Interleaved ratios: the numbers the targets are checked against.
+    println!("\n== datapath, hot key (wall time per packet, median of 21 interleaved rounds of {REPEAT}) ==");
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>8} {:>10}",
+        "case", "empty ns", "baseline", "netscope", "ratio", "vs base"
+    );
+    for (name, frame) in frames() {
+        let (mut e, mut b, mut n) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..21 {
+            e.push(per_packet(helpers.empty.as_fd(), &frame, REPEAT));
+            b.push(per_packet(helpers.baseline_count.as_fd(), &frame, REPEAT));
+            n.push(per_packet(ns_prog, &frame, REPEAT));
+        }
+        let (e, b, n) = (median(e), median(b), median(n));
+        println!(
+            "{name:<14} {e:>10.1} {b:>10.1} {n:>10.1} {:>7.2}x {:>9.2}x",
+            n / e,
+            n / b
+        );
+    }
+    // Drop the hot-key entries.
+    BpfCollector::new(capture.clone()).drain().expect("drain");
+
+    // --- 4,096 distinct flows.
+    let keyed: Vec<Vec<u8>> = (0..4096u32)
+        .map(|i| {
+            FrameSpec::new(
+                "10.0.0.1",
+                &format!("10.{}.{}.{}", 1 + i / 65536, (i / 256) % 256, i % 256),
+                L4Spec::Tcp(40000, 80),
+                10,
+            )
+            .build()
+        })
+        .collect();
+    // Insert every key once in both programs' maps (steady state: keys exist).
+    many_keys(ns_prog, &keyed);
+    many_keys(helpers.baseline_count.as_fd(), &keyed);
+    let (mut e, mut b, mut n) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..15 {
+        e.push(many_keys(helpers.empty.as_fd(), &keyed));
+        b.push(many_keys(helpers.baseline_count.as_fd(), &keyed));
+        n.push(many_keys(ns_prog, &keyed));
+    }
+    let (e, b, n) = (median(e), median(b), median(n));
+    println!("\n== datapath, 4096 keys (kernel-timed, one run per frame, median of 15 rounds) ==");
+    println!("empty {e:.1} ns, plain per-CPU counter {b:.1} ns, netscope {n:.1} ns: {:.2}x the plain counter (target <= 1.2x)", n / b);
+
+    // --- Drain of 100k flows.
+    let big = Arc::new(
+        Capture::load(&CaptureConfig {
+            max_flows: 131_072,
+            ..CaptureConfig::default()
+        })
+        .expect("load"),
+    );
+    let keys: Vec<FlowKey> = (0..100_000u32)
+        .map(|i| {
+            FlowKey::new(
+                std::net::Ipv4Addr::from(0x0a00_0000 + i).into(),
+                "10.200.0.1".parse().unwrap(),
+                Direction::FromPod,
+            )
+        })
+        .collect();
+    let mut collector = BpfCollector::new(big.clone());
+    let mut times = Vec::new();
+    let mut naive = Vec::new();
+    for _ in 0..11 {
+        fill_active_table(&big, &keys, Counters::new(1500, 1)).expect("fill");
+        let t = Instant::now();
+        naive_read_active(&big).expect("naive read");
+        naive.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let d = collector.drain().expect("drain");
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(d.samples.len(), 100_000);
+    }
+    let mut g = c.benchmark_group("drain");
+    g.sample_size(10);
+    g.bench_function("100k_flows", |bch| {
+        bch.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                fill_active_table(&big, &keys, Counters::new(1500, 1)).expect("fill");
+                let t = Instant::now();
+                black_box(collector.drain().expect("drain"));
+                total += t.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+    println!(
+        "\n== drain, 100k flows ({} possible CPUs) ==",
+        netscope_bpf::testing::possible_cpus()
+    );
+    println!(
+        "swap + batch lookup-and-delete + fold: median {:.1} ms (target <= 50 ms); naive get_next_key+lookup read alone: {:.1} ms",
+        median(times),
+        median(naive)
+    );
+    c.final_summary();
+}
