@@ -8,6 +8,7 @@
 
 mod attach;
 mod collector;
+pub mod links;
 mod loader;
 pub mod maps;
 mod sys;

@@ -371,7 +371,11 @@ impl TcFilter {
         let ret = unsafe { libbpf_sys::bpf_tc_query(&hook, &mut opts) };
         match check(ret) {
             Ok(_) => Ok(Some(opts.prog_id)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            // ENOENT: no filter at this priority; EINVAL: the hook has no
+            // filter chain at all yet ("Cannot find specified filter chain").
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EINVAL)) => {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }

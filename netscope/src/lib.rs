@@ -16,6 +16,7 @@
 
 pub mod attach;
 pub mod collect;
+pub mod discover;
 pub mod endpoint;
 pub mod export;
 pub mod flow;

@@ -329,3 +329,67 @@ pub fn naive_read_active(capture: &crate::Capture) -> std::io::Result<usize> {
 pub fn possible_cpus() -> usize {
     sys::possible_cpus().unwrap_or(1)
 }
+
+/// The program id at a legacy-TC handle/priority of `ifindex` (calling
+/// thread's namespace), or `None`.
+///
+/// # Errors
+/// The kernel's error.
+pub fn tc_query(
+    ifindex: u32,
+    ingress: bool,
+    handle: u32,
+    priority: u32,
+) -> std::io::Result<Option<u32>> {
+    sys::TcFilter {
+        ifindex,
+        ingress,
+        handle,
+        priority,
+    }
+    .query()
+}
+
+/// Attaches `prog` as a legacy-TC direct-action filter (creating clsact),
+/// as another tool (a CNI) would. Never replaces.
+///
+/// # Errors
+/// The kernel's error (EEXIST when the slot is taken).
+pub fn tc_attach(
+    prog: BorrowedFd<'_>,
+    ifindex: u32,
+    ingress: bool,
+    handle: u32,
+    priority: u32,
+) -> std::io::Result<u32> {
+    let f = sys::TcFilter {
+        ifindex,
+        ingress,
+        handle,
+        priority,
+    };
+    f.create_clsact()?;
+    f.attach(prog, false)
+}
+
+/// Removes a legacy-TC filter.
+///
+/// # Errors
+/// The kernel's error.
+pub fn tc_detach(ifindex: u32, ingress: bool, handle: u32, priority: u32) -> std::io::Result<()> {
+    sys::TcFilter {
+        ifindex,
+        ingress,
+        handle,
+        priority,
+    }
+    .detach()
+}
+
+/// The kernel id of a program fd.
+///
+/// # Errors
+/// The kernel's error.
+pub fn prog_id(prog: BorrowedFd<'_>) -> std::io::Result<u32> {
+    sys::prog_id(prog)
+}

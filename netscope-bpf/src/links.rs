@@ -1,0 +1,205 @@
+//! rtnetlink link events: the source that feeds [`netscope::discover::Reconciler`].
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{Socket, SocketAddr};
+use netscope::discover::{Link, LinkEvent, LinkKind};
+use netscope::Interface;
+
+/// `RTMGRP_LINK`: the multicast group of link changes.
+const RTMGRP_LINK: u32 = 1;
+/// Receive buffer for events: room for a burst of pod churn.
+const RCVBUF: usize = 8 << 20;
+
+/// Watches link additions and removals in the calling thread's network
+/// namespace (fixed when the watcher is created). The first call to
+/// [`LinkWatcher::next`] returns a [`LinkEvent::Snapshot`] of all links; it
+/// returns another one whenever the kernel dropped events (`ENOBUFS`), so
+/// nothing is missed.
+#[derive(Debug)]
+pub struct LinkWatcher {
+    events: Socket,
+    need_snapshot: bool,
+    buf: Vec<u8>,
+}
+
+impl LinkWatcher {
+    /// Subscribes to link events. Subscribing happens before the first
+    /// dump, so no change falls between the two.
+    ///
+    /// # Errors
+    /// When the netlink socket cannot be opened or bound.
+    pub fn new() -> io::Result<Self> {
+        let mut events = Socket::new(NETLINK_ROUTE)?;
+        events.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+        // Best effort: a bigger buffer only makes resyncs rarer.
+        let _ = events.set_rx_buf_sz(RCVBUF);
+        Ok(LinkWatcher {
+            events,
+            need_snapshot: true,
+            buf: vec![0; 1 << 16],
+        })
+    }
+
+    /// Waits up to `timeout` for link changes. Returns an empty list on
+    /// timeout.
+    ///
+    /// # Errors
+    /// Netlink errors other than an overflow (which yields a snapshot).
+    pub fn next(&mut self, timeout: Duration) -> io::Result<Vec<LinkEvent>> {
+        if self.need_snapshot {
+            self.need_snapshot = false;
+            return Ok(vec![LinkEvent::Snapshot(dump_links()?)]);
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.events.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(Vec::new())
+            } else {
+                Err(e)
+            };
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        loop {
+            match self.events.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
+                Ok(size) => parse_into(&self.buf[..size], &mut out),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    tracing::warn!("link event socket overflowed; resyncing from a full dump");
+                    return Ok(vec![LinkEvent::Snapshot(dump_links()?)]);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn link_of(msg: &LinkMessage) -> Option<Link> {
+    let mut name = None;
+    let mut kind = String::new();
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        kind = k.to_string();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Link {
+        iface: Interface {
+            name: name?,
+            ifindex: msg.header.index,
+        },
+        kind: LinkKind::from_kind(&kind),
+    })
+}
+
+fn parse_into(mut bytes: &[u8], out: &mut Vec<LinkEvent>) {
+    while !bytes.is_empty() {
+        let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "unparsable rtnetlink message skipped");
+                return;
+            }
+        };
+        let len = msg.header.length as usize;
+        match msg.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                if let Some(l) = link_of(&m) {
+                    out.push(LinkEvent::Added(l));
+                }
+            }
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
+                let name = link_of(&m).map(|l| l.iface.name).unwrap_or_default();
+                out.push(LinkEvent::Removed(Interface {
+                    name,
+                    ifindex: m.header.index,
+                }));
+            }
+            _ => {}
+        }
+        if len == 0 || len > bytes.len() {
+            return;
+        }
+        bytes = &bytes[netlink_align(len).min(bytes.len())..];
+    }
+}
+
+fn netlink_align(len: usize) -> usize {
+    (len + 3) & !3
+}
+
+/// All links of the calling thread's network namespace.
+///
+/// # Errors
+/// Netlink errors.
+pub fn dump_links() -> io::Result<Vec<Link>> {
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    let mut req = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
+    );
+    req.header.flags = NLM_F_DUMP | NLM_F_REQUEST;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf[..]);
+    sock.send(&buf, 0)?;
+
+    let mut links = Vec::new();
+    let mut rx = vec![0u8; 1 << 16];
+    loop {
+        let size = sock.recv(&mut &mut rx[..], 0)?;
+        let mut bytes = &rx[..size];
+        while !bytes.is_empty() {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                .map_err(io::Error::other)?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::Done(_) => return Ok(links),
+                NetlinkPayload::Error(e) => {
+                    return Err(e.code.map_or_else(
+                        || io::Error::other("netlink error"),
+                        |c| io::Error::from_raw_os_error(-c.get()),
+                    ))
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                    links.extend(link_of(&m))
+                }
+                _ => {}
+            }
+            if len == 0 || len > bytes.len() {
+                break;
+            }
+            bytes = &bytes[netlink_align(len).min(bytes.len())..];
+        }
+    }
+}
