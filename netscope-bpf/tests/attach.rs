@@ -100,7 +100,7 @@ fn cni_names_in_mode(mode: AttachMode, tag: &str, net: u8) {
     });
 
     let disc = Discovery::start(&node.ns, capture.clone(), mode, InterfaceFilter::default());
-    let attached = disc.wait_attached(&names.to_vec(), Duration::from_secs(5));
+    let attached = disc.wait_attached(names.as_ref(), Duration::from_secs(5));
     assert_eq!(
         attached.len(),
         names.len(),
