@@ -1,0 +1,1 @@
+//! Embedding examples for netscope; see the `[[example]]` entries in Cargo.toml.

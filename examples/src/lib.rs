@@ -1,1 +1,0 @@
-//! Embedding examples; see the `[[example]]` entries.
