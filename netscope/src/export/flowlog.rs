@@ -155,6 +155,15 @@ impl FlowLogExporter {
             queue_capacity: config.queue_capacity.max(1),
             ..config
         };
+        metrics::describe_counter!(
+            FLOW_LOG_DROPPED,
+            "Flow-log records dropped because the output was too slow and the queue was full."
+        );
+        metrics::describe_counter!(FLOW_LOG_WRITTEN, "Flow-log records written.");
+        metrics::describe_counter!(
+            FLOW_LOG_WRITE_ERRORS,
+            "Failed writes of the flow-log output."
+        );
         let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
         let (done_tx, done_rx) = mpsc::sync_channel(1);
         let shared = Arc::new(Shared::default());
