@@ -8,20 +8,35 @@
 //!
 //! # Wiring it up
 //!
-//! ```ignore
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use std::time::{Duration, Instant};
+//!
 //! use metrics_exporter_prometheus::PrometheusBuilder;
 //! use metrics_util::MetricKindMask;
+//! use netscope::export::prometheus::{PrometheusConfig, PrometheusExporter, SeriesExpiry};
+//! use netscope::{Endpoint, EndpointKind};
 //!
-//! let config = PrometheusConfig::default(); // or with your expiry/limits/pricing
+//! let config = PrometheusConfig {
+//!     expiry: SeriesExpiry::new(Duration::from_secs(600))?,
+//!     ..PrometheusConfig::default()
+//! };
+//! // Only the binary installs a recorder. The idle timeout applies to
+//! // counters only: the exporter's gauges must stay.
 //! PrometheusBuilder::new()
-//!     .with_http_listener(listen_addr)
-//!     // Removes counters idle longer than this from the output. Counters only:
-//!     // the exporter's gauges must stay.
+//!     .with_http_listener(([127, 0, 0, 1], 9090))
 //!     .idle_timeout(MetricKindMask::COUNTER, Some(config.expiry.idle_timeout()))
 //!     .install()?;
 //! let exporter = Arc::new(PrometheusExporter::new(config)?);
-//! // Then, every `config.expiry.upkeep_interval()`:
-//! exporter.upkeep(Instant::now(), &|endpoint| still_exists(endpoint));
+//!
+//! // In a task of its own, every `config.expiry.upkeep_interval()`:
+//! let pod_exists = |_namespace: &str, _name: &str| true; // ask the resolver's snapshot
+//! exporter.upkeep(Instant::now(), &|ep: &Endpoint| {
+//!     ep.kind != EndpointKind::Pod || pod_exists(&ep.namespace, &ep.name)
+//! });
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # Hot path
@@ -363,14 +378,14 @@ impl PairSeries {
         self.pod.record(c, tick);
         self.workload.record(c, tick);
         self.zone.traffic.record(c, tick);
-        if self.billed {
-            if let Some(cost) = &self.zone.cost {
-                for (counter, meter) in cost {
-                    let micro = meter.add(c.bytes);
-                    if micro > 0 {
-                        counter.increment(micro);
-                    }
-                }
+        if let Some(cost) = &self.zone.cost {
+            for (counter, meter) in cost {
+                // Incremented even by zero: a cached handle must change
+                // whenever its pair records, or the recorder could expire
+                // it (small flows may take many windows to make a whole
+                // microdollar) while we still hold it.
+                let micro = if self.billed { meter.add(c.bytes) } else { 0 };
+                counter.increment(micro);
             }
         }
         self.last_used.store(tick, Ordering::Relaxed);
@@ -548,14 +563,14 @@ impl PrometheusExporter {
         state.pods.retain(|key, s| {
             let keep = Arc::strong_count(s) > 1 || !idle(s.last_used.load(Ordering::Relaxed));
             if !keep && !key.folded {
-                unfolded[0] -= 1;
+                unfolded[0] = unfolded[0].saturating_sub(1);
             }
             keep
         });
         state.workloads.retain(|key, s| {
             let keep = Arc::strong_count(s) > 1 || !idle(s.last_used.load(Ordering::Relaxed));
             if !keep && !key.folded {
-                unfolded[1] -= 1;
+                unfolded[1] = unfolded[1].saturating_sub(1);
             }
             keep
         });
@@ -563,7 +578,7 @@ impl PrometheusExporter {
             let keep =
                 Arc::strong_count(s) > 1 || !idle(s.traffic.last_used.load(Ordering::Relaxed));
             if !keep && !key.folded {
-                unfolded[2] -= 1;
+                unfolded[2] = unfolded[2].saturating_sub(1);
             }
             keep
         });
@@ -1350,6 +1365,119 @@ mod tests {
             c[names::POD_BYTES],
             BTreeMap::from([(pod_labels(["a", "ns", "b", "ns", "z1", "z2"]), 30)])
         );
+    }
+
+    #[test]
+    fn slow_cost_counters_of_active_pairs_never_expire() {
+        use metrics_exporter_prometheus::PrometheusBuilder;
+        use metrics_util::MetricKindMask;
+
+        let expiry = SeriesExpiry::new(Duration::from_millis(300)).unwrap();
+        let recorder = PrometheusBuilder::new()
+            .idle_timeout(MetricKindMask::COUNTER, Some(expiry.idle_timeout()))
+            .build_recorder();
+        let handle = recorder.handle();
+        let exp = exporter(PrometheusConfig {
+            expiry,
+            ..PrometheusConfig::default()
+        });
+        let a = pod("a", "ns", "a", "z1", "r");
+        let b = pod("b", "ns", "b", "z2", "r");
+        // 10 kB per window at $0.01/GB: a whole microdollar (100 kB) only
+        // after ten windows, long after the idle timeout.
+        exp.upkeep(Instant::now(), &|_| true);
+        for _ in 0..12 {
+            metrics::with_local_recorder(&recorder, || {
+                exp.export(&[flow(&a, &b, "10.0.0.1", "10.0.0.2", 10_000, 7)]);
+            });
+            std::thread::sleep(expiry.upkeep_interval());
+            exp.upkeep(Instant::now(), &|_| true);
+            handle.render();
+        }
+        let text = handle.render();
+        for side in ["sending", "receiving"] {
+            assert_eq!(
+                sample(
+                    &text,
+                    names::CROSS_ZONE_COST,
+                    &[&format!("side=\"{side}\"")]
+                ),
+                Some(1),
+                "120 kB is one whole microdollar per side:\n{text}"
+            );
+        }
+        assert_eq!(sample(&text, names::POD_BYTES, &[]), Some(120_000));
+    }
+
+    /// Captures events (level, fields) from `tracing`.
+    #[derive(Default)]
+    struct Capture(std::sync::Mutex<Vec<(tracing::Level, BTreeMap<String, String>)>>);
+
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            struct Fields<'a>(&'a mut BTreeMap<String, String>);
+            impl tracing::field::Visit for Fields<'_> {
+                fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                    self.0.insert(f.name().to_string(), format!("{v:?}"));
+                }
+                fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                    self.0.insert(f.name().to_string(), v.to_string());
+                }
+            }
+            let mut fields = BTreeMap::new();
+            event.record(&mut Fields(&mut fields));
+            self.0
+                .lock()
+                .unwrap()
+                .push((*event.metadata().level(), fields));
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn logs_recorded_cross_zone_traffic_at_debug() {
+        let capture = Arc::new(Capture::default());
+        let exp = exporter(PrometheusConfig::default());
+        let a = pod("a-1", "ns", "a", "z1", "r");
+        let b = pod("b-1", "ns", "b", "z2", "r");
+        let a2 = pod("a-2", "ns", "a", "z1", "r");
+        let recorder = DebuggingRecorder::new();
+        tracing::subscriber::with_default(capture.clone(), || {
+            metrics::with_local_recorder(&recorder, || {
+                exp.export(&[
+                    flow(&a, &b, "10.0.0.1", "10.0.0.2", 4096, 3),
+                    flow(&a, &a2, "10.0.0.1", "10.0.0.3", 10, 1),
+                ]);
+            })
+        });
+        let events = capture.0.lock().unwrap();
+        let recorded: Vec<_> = events
+            .iter()
+            .filter(|(_, f)| {
+                f.get("message").map(String::as_str) == Some("Recorded cross-zone traffic")
+            })
+            .collect();
+        assert_eq!(
+            recorded.len(),
+            1,
+            "only the cross-zone flow is logged: {events:?}"
+        );
+        let (level, fields) = recorded[0];
+        assert_eq!(*level, tracing::Level::DEBUG);
+        assert_eq!(fields["src"], "a-1");
+        assert_eq!(fields["dst"], "b-1");
+        assert_eq!(fields["src_zone"], "z1");
+        assert_eq!(fields["dst_zone"], "z2");
+        assert_eq!(fields["bytes"], "4096");
     }
 
     #[test]
