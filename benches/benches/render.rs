@@ -7,6 +7,9 @@
 //!   - `netscope_100k_pod_pairs`: everything the exporter records for 100k
 //!     pod pairs (bytes and packets, cross-zone twins, workload, zone and
 //!     cost series).
+//!   - `floor_prerendered_lines`: the same lines written from prefixes
+//!     formatted once, plus the values: what a renderer that keeps each
+//!     series' label text would cost. Not a recorder; a reference point.
 //! - `update/*`: count 1M resolved flows (100k pairs seen 10 times each, in
 //!   batches of 1000 like agent reports); target <= 1 s.
 //!   - `baseline_counter_macro_per_flow`: the seed's approach, labels built
@@ -133,9 +136,24 @@ fn seed_labels(f: &ResolvedFlow) -> Vec<Label> {
         .collect()
 }
 
+/// Formats `v` in decimal into `buf`.
+fn itoa(mut v: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
+}
+
 fn render(c: &mut Criterion) {
     let mut group = c.benchmark_group("render");
     group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(8));
     let config = config();
     let pair_flows = flows(PAIRS);
@@ -181,6 +199,28 @@ fn render(c: &mut Criterion) {
         text.len()
     );
     assert_eq!(seed, PAIRS, "every pair got its own series");
+    // Reference point: the same text from pre-formatted prefixes.
+    let prerendered: Vec<(String, u64)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (prefix, value) = l.rsplit_once(' ')?;
+            Some((format!("{prefix} "), value.parse().ok()?))
+        })
+        .collect();
+    group.bench_function("floor_prerendered_lines", |b| {
+        b.iter_custom(|iters| {
+            cpu_timed("render/floor_prerendered_lines", iters, || {
+                let mut out = String::with_capacity(text.len());
+                for (prefix, value) in &prerendered {
+                    out.push_str(prefix);
+                    out.push_str(itoa(*value, &mut [0u8; 20]));
+                    out.push('\n');
+                }
+                black_box(out.len());
+            })
+        })
+    });
     group.bench_function("netscope_100k_pod_pairs", |b| {
         b.iter_custom(|iters| {
             cpu_timed("render/netscope_100k_pod_pairs", iters, || {
@@ -194,6 +234,7 @@ fn render(c: &mut Criterion) {
 fn update(c: &mut Criterion) {
     let mut group = c.benchmark_group("update");
     group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(15));
     let config = config();
     let all = flows(FLOWS);
