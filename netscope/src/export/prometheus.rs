@@ -487,7 +487,9 @@ impl std::fmt::Debug for PrometheusExporter {
 
 impl PrometheusExporter {
     /// An exporter with the given settings. Counters are registered with the
-    /// recorder that is installed when a flow first needs them.
+    /// recorder that is installed when a flow first needs them, and handles
+    /// are cached: install the recorder before the first
+    /// [`Exporter::export`].
     ///
     /// # Errors
     ///
