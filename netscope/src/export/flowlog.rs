@@ -122,14 +122,22 @@ struct Shared {
 
 /// Writes one JSON object per flow and line to any [`io::Write`] (stdout in
 /// the aggregator), through a bounded queue and a writer thread.
+///
+/// Share it behind an `Arc` (the `Exporter` impl for `Arc` forwards), and
+/// call [`FlowLogExporter::shutdown`] on the way out so queued records reach
+/// the output.
 pub struct FlowLogExporter {
-    tx: Option<SyncSender<ResolvedFlow>>,
-    /// Signalled by the writer thread when it is done (a `Mutex` only to make
-    /// the exporter `Sync`).
-    done: std::sync::Mutex<Option<Receiver<()>>>,
-    thread: Option<JoinHandle<()>>,
+    writer: std::sync::Mutex<Writer>,
     shared: Arc<Shared>,
     config: FlowLogConfig,
+}
+
+/// The queue's sending end and the writer thread, until shutdown.
+struct Writer {
+    tx: Option<SyncSender<ResolvedFlow>>,
+    /// Signalled by the writer thread when it is done.
+    done: Option<Receiver<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl fmt::Debug for FlowLogExporter {
@@ -176,9 +184,11 @@ impl FlowLogExporter {
             })
             .map_err(FlowLogError::Spawn)?;
         Ok(FlowLogExporter {
-            tx: Some(tx),
-            done: std::sync::Mutex::new(Some(done_rx)),
-            thread: Some(thread),
+            writer: std::sync::Mutex::new(Writer {
+                tx: Some(tx),
+                done: Some(done_rx),
+                thread: Some(thread),
+            }),
             shared,
             config,
         })
@@ -210,13 +220,12 @@ impl FlowLogExporter {
     /// [`FlowLogError::ShutdownTimeout`] when the output is still blocked after
     /// `timeout` (the thread is left to finish on its own);
     /// [`FlowLogError::WriterPanicked`] if the thread panicked.
-    pub fn shutdown(mut self, timeout: Duration) -> Result<FlowLogStats, FlowLogError> {
-        self.tx = None;
-        let done = self
-            .done
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+    pub fn shutdown(&self, timeout: Duration) -> Result<FlowLogStats, FlowLogError> {
+        let (done, thread) = {
+            let mut writer = self.lock();
+            writer.tx = None;
+            (writer.done.take(), writer.thread.take())
+        };
         if let Some(done) = done {
             match done.recv_timeout(timeout) {
                 Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
@@ -225,10 +234,16 @@ impl FlowLogExporter {
                 }
             }
         }
-        if let Some(thread) = self.thread.take() {
+        if let Some(thread) = thread {
             thread.join().map_err(|_| FlowLogError::WriterPanicked)?;
         }
         Ok(self.stats())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -236,21 +251,28 @@ impl Drop for FlowLogExporter {
     /// Closes the queue. The writer thread writes what is queued and exits on
     /// its own; dropping never waits for a blocked output.
     fn drop(&mut self) {
-        self.tx = None;
+        self.lock().tx = None;
     }
 }
 
 impl Exporter for FlowLogExporter {
     fn export(&self, flows: &[ResolvedFlow]) {
-        let Some(tx) = &self.tx else { return };
         let mut dropped = 0u64;
-        for flow in flows {
-            if self.config.filter == FlowLogFilter::CrossZoneOnly && !flow.is_cross_zone() {
-                continue;
-            }
-            match tx.try_send(flow.clone()) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => dropped += 1,
+        {
+            // Held for the batch: try_send never blocks.
+            let writer = self.lock();
+            for flow in flows {
+                if self.config.filter == FlowLogFilter::CrossZoneOnly && !flow.is_cross_zone() {
+                    continue;
+                }
+                // After shutdown every record is a drop.
+                let sent = writer.tx.as_ref().map(|tx| tx.try_send(flow.clone()));
+                match sent {
+                    Some(Ok(())) => {}
+                    Some(Err(TrySendError::Full(_)))
+                    | Some(Err(TrySendError::Disconnected(_)))
+                    | None => dropped += 1,
+                }
             }
         }
         if dropped > 0 {
@@ -740,6 +762,22 @@ mod tests {
         let err = log.shutdown(Duration::from_millis(50)).unwrap_err();
         assert!(matches!(err, FlowLogError::ShutdownTimeout { .. }), "{err}");
         writer.release();
+    }
+
+    #[test]
+    fn shared_behind_arc_and_shut_down_in_place() {
+        let buf = SharedBuf::default();
+        let log = Arc::new(FlowLogExporter::spawn(buf.clone(), FlowLogConfig::default()).unwrap());
+        let fan = super::super::Fanout::new().with(Box::new(log.clone()));
+        let a = pod("a", "ns", "a", "z1", "r");
+        fan.export(&[flow(&a, &a, "10.0.0.1", "10.0.0.1", 5, 1)]);
+        let stats = log.shutdown(Duration::from_secs(10)).unwrap();
+        assert_eq!(stats.written, 1);
+        assert_eq!(buf.lines().len(), 1);
+        // Late flows are counted as dropped, never written or lost silently.
+        fan.export(&[flow(&a, &a, "10.0.0.1", "10.0.0.1", 6, 1)]);
+        assert_eq!(log.stats().dropped, 1);
+        assert_eq!(log.shutdown(Duration::from_secs(1)).unwrap().written, 1);
     }
 
     /// A writer whose every write fails.
