@@ -10,6 +10,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use crate::sys;
 
 pub mod netns;
+pub mod sim;
 pub mod topo;
 
 #[allow(

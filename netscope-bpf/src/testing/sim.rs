@@ -1,0 +1,765 @@
+//! A simulated multi-zone cluster on one Linux machine, built from network
+//! namespaces: three zones of two nodes, pods behind CNI-named veth pairs,
+//! an underlay, an "external" database, a Service ClusterIP DNATed by
+//! nftables the way kube-proxy would, and a traffic mix. Used by the demo
+//! and the end-to-end test.
+//!
+//! Every address lives inside the namespaces made here (all named
+//! `<prefix>-…`, `<prefix>` starting with `ns-` or `netscope-test-`);
+//! dropping the [`Cluster`] deletes them, and [`Cluster::build`] sweeps
+//! stale ones first.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use netscope::Counters;
+
+use super::netns::{no_offloads, sweep, veth, NetNs};
+use super::topo::{ifindex_in, NftReference};
+use super::{tcx_append, TestPrograms};
+
+/// The region of every simulated zone.
+pub const REGION: &str = "us-east-1";
+/// The simulated zones.
+pub const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
+/// The Service CIDR the agents are told about.
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// The ClusterIP of the `cache` Service.
+pub const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The aggregator's underlay address.
+pub const AGGREGATOR_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 100);
+/// The external database's address.
+pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 200);
+/// Port of every simulated server.
+pub const SERVER_PORT: u16 = 8080;
+/// Port the `cache` Service listens on (DNATed to [`SERVER_PORT`]).
+pub const SERVICE_PORT: u16 = 80;
+
+/// A simulated node.
+#[derive(Debug)]
+pub struct SimNode {
+    /// Node name (`node-1` …).
+    pub name: String,
+    /// Its zone.
+    pub zone: &'static str,
+    /// Its network namespace.
+    pub ns: NetNs,
+    /// Underlay IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Underlay IPv6 address.
+    pub ip6: Ipv6Addr,
+}
+
+/// A simulated pod.
+#[derive(Debug)]
+pub struct SimPod {
+    /// Pod name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: &'static str,
+    /// Owning Deployment.
+    pub workload: &'static str,
+    /// Index into [`Cluster::nodes`].
+    pub node: usize,
+    /// Host-side interface name (CNI-style).
+    pub host_if: String,
+    /// The pod's namespace.
+    pub ns: NetNs,
+    /// IPv4 address.
+    pub v4: Ipv4Addr,
+    /// IPv6 address (dual-stack pods only).
+    pub v6: Option<Ipv6Addr>,
+    /// Its frames leave VLAN-tagged.
+    pub vlan: bool,
+}
+
+/// The simulated cluster. Drop it to remove everything.
+pub struct Cluster {
+    /// Namespace prefix.
+    pub prefix: String,
+    /// Pods (dropped before their nodes).
+    pub pods: Vec<SimPod>,
+    /// Nodes.
+    pub nodes: Vec<SimNode>,
+    /// The external database.
+    pub ext: NetNs,
+    /// The aggregator's namespace.
+    pub agg: NetNs,
+    /// The underlay: a bridge every node, the aggregator and the database hang off.
+    pub fabric: NetNs,
+    /// Index of the pod behind [`CLUSTER_IP`].
+    pub service_backend: usize,
+    /// Index of the node whose nftables DNATs the ClusterIP (the client's).
+    pub service_client_node: usize,
+    helpers: TestPrograms,
+    links: Vec<OwnedFd>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("prefix", &self.prefix)
+            .field("nodes", &self.nodes.len())
+            .field("pods", &self.pods.len())
+            .finish()
+    }
+}
+
+/// (namespace, workload, node index, CNI prefix, dual-stack, VLAN-tagged)
+const PODS: &[(&str, &str, usize, &str, bool, bool)] = &[
+    ("shop", "frontend", 0, "eni", true, false),
+    ("shop", "web", 0, "eni", false, false),
+    ("shop", "frontend", 1, "eni", false, false),
+    ("batch", "reports", 1, "vlan", false, true),
+    ("shop", "api", 2, "cali", true, false),
+    ("shop", "api", 2, "cali", false, false),
+    ("shop", "orders", 3, "cali", false, false),
+    ("shop", "cache", 4, "lxc", false, false),
+    ("batch", "storage", 5, "veth", false, false),
+    ("shop", "cache", 5, "veth", false, false),
+];
+
+fn ok<T>(r: io::Result<T>, what: &str) -> io::Result<T> {
+    r.map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))
+}
+
+impl Cluster {
+    /// Builds the cluster under `prefix` (which must start with `ns-` or
+    /// `netscope-test-`), sweeping stale namespaces of that prefix first.
+    ///
+    /// # Errors
+    /// When a namespace, link, address, route, nftables rule or helper
+    /// program cannot be set up (not root, say).
+    pub fn build(prefix: &str) -> io::Result<Cluster> {
+        sweep(prefix)?;
+        let fabric = ok(NetNs::new(&format!("{prefix}-fabric")), "fabric namespace")?;
+        fabric.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        fabric.exec(&["ip", "link", "set", "br0", "up"])?;
+        let attach = |ns: &NetNs, port: &str, ip: &str, ip6: &str| -> io::Result<()> {
+            veth(&fabric, port, ns, "uplink")?;
+            fabric.exec(&["ip", "link", "set", port, "master", "br0"])?;
+            no_offloads(&fabric, port)?;
+            no_offloads(ns, "uplink")?;
+            ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "uplink"])?;
+            ns.exec(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                "uplink",
+                "nodad",
+            ])?;
+            Ok(())
+        };
+
+        let agg = NetNs::new(&format!("{prefix}-agg"))?;
+        attach(&agg, "p-agg", &AGGREGATOR_IP.to_string(), "fd00:31::100")?;
+        let ext = NetNs::new(&format!("{prefix}-ext"))?;
+        attach(&ext, "p-ext", &EXTERNAL_IP.to_string(), "fd00:31::200")?;
+
+        let mut nodes = Vec::new();
+        for i in 0..6 {
+            let ns = NetNs::new(&format!("{prefix}-node{}", i + 1))?;
+            let ip = Ipv4Addr::new(172, 31, 0, 11 + i as u8);
+            let ip6: Ipv6Addr = format!("fd00:31::{}", 11 + i).parse().expect("valid");
+            attach(
+                &ns,
+                &format!("p-node{}", i + 1),
+                &ip.to_string(),
+                &ip6.to_string(),
+            )?;
+            ns.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1")?;
+            nodes.push(SimNode {
+                name: format!("node-{}", i + 1),
+                zone: ZONES[i / 2],
+                ns,
+                ip,
+                ip6,
+            });
+        }
+        // Pod CIDR routes between nodes (10.100.<n>.0/24, fd00:100:<n>::/64).
+        for (i, n) in nodes.iter().enumerate() {
+            for (j, m) in nodes.iter().enumerate() {
+                if i != j {
+                    n.ns.exec(&[
+                        "ip",
+                        "route",
+                        "add",
+                        &format!("10.100.{}.0/24", j + 1),
+                        "via",
+                        &m.ip.to_string(),
+                    ])?;
+                    n.ns.exec(&[
+                        "ip",
+                        "-6",
+                        "route",
+                        "add",
+                        &format!("fd00:100:{}::/64", j + 1),
+                        "via",
+                        &m.ip6.to_string(),
+                    ])?;
+                }
+            }
+        }
+        // The database and the aggregator route pod traffic back via the owning node.
+        for (j, m) in nodes.iter().enumerate() {
+            for ns in [&ext, &agg] {
+                ns.exec(&[
+                    "ip",
+                    "route",
+                    "add",
+                    &format!("10.100.{}.0/24", j + 1),
+                    "via",
+                    &m.ip.to_string(),
+                ])?;
+            }
+        }
+
+        let helpers = TestPrograms::load(300, 0)
+            .map_err(|e| io::Error::other(format!("helper programs: {e}")))?;
+        let mut links = Vec::new();
+        let mut pods = Vec::new();
+        let mut per_node = [0u8; 6];
+        for (k, &(namespace, workload, node, cni, dual, vlan)) in PODS.iter().enumerate() {
+            per_node[node] += 1;
+            let slot = 9 + per_node[node];
+            let name = format!("{workload}-{}", pod_suffix(k));
+            let ns = NetNs::new(&format!("{prefix}-pod{k}"))?;
+            let host_if = format!("{cni}{:x}{k:02}", 0xa0 + node);
+            let n = &nodes[node];
+            veth(&n.ns, &host_if, &ns, "eth0")?;
+            no_offloads(&n.ns, &host_if)?;
+            no_offloads(&ns, "eth0")?;
+            let v4 = Ipv4Addr::new(10, 100, node as u8 + 1, slot);
+            // Calico-style point-to-point: the pod's gateway is a link-local
+            // address every host-side interface carries.
+            ns.exec(&["ip", "addr", "add", &format!("{v4}/32"), "dev", "eth0"])?;
+            ns.exec(&[
+                "ip",
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ])?;
+            ns.exec(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ])?;
+            n.ns.exec(&["ip", "addr", "add", "169.254.1.1/32", "dev", &host_if])?;
+            n.ns.exec(&["ip", "route", "add", &format!("{v4}/32"), "dev", &host_if])?;
+            let v6 = if dual {
+                let v6: Ipv6Addr = format!("fd00:100:{}::{slot}", node + 1)
+                    .parse()
+                    .expect("valid");
+                ns.exec(&[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{v6}/128"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])?;
+                n.ns.exec(&[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    "fe80::1/64",
+                    "dev",
+                    &host_if,
+                    "nodad",
+                ])?;
+                ns.exec(&[
+                    "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+                ])?;
+                n.ns.exec(&[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("{v6}/128"),
+                    "dev",
+                    &host_if,
+                ])?;
+                Some(v6)
+            } else {
+                None
+            };
+            if vlan {
+                // Tag on the pod's egress; untag on the host side after
+                // netscope (TCX: appended after netscope's head position;
+                // legacy TC: priority 2, after netscope's 1).
+                let idx = ns.run(|| super::super::interface("eth0").map(|i| i.ifindex));
+                let idx = ok(idx, "pod eth0")?;
+                let push = helpers.vlan_push.try_clone()?;
+                links.push(ns.run(move || tcx_append(push.as_fd(), idx, false))?);
+                let hidx = ifindex_in(&n.ns, &host_if)?;
+                let pop = helpers.vlan_pop.try_clone()?;
+                links.push(n.ns.run(move || tcx_append(pop.as_fd(), hidx, true))?);
+            }
+            pods.push(SimPod {
+                name,
+                namespace,
+                workload,
+                node,
+                host_if,
+                ns,
+                v4,
+                v6,
+                vlan,
+            });
+        }
+
+        // The `cache` Service: ClusterIP DNATed, in the client's node, to a
+        // backend in another zone (kube-proxy's PREROUTING rule).
+        let service_client_node = 0;
+        let service_backend = pods
+            .iter()
+            .position(|p| p.workload == "cache" && p.node == 4)
+            .expect("cache pod");
+        let backend = pods[service_backend].v4;
+        let rules = format!(
+            "table ip netscope_sim_kubeproxy {{\n chain prerouting {{ type nat hook prerouting priority dstnat; policy accept;\n  ip daddr {CLUSTER_IP} tcp dport {SERVICE_PORT} dnat to {backend}:{SERVER_PORT}\n }}\n}}\n"
+        );
+        nodes[service_client_node].ns.exec(&["nft", &rules])?;
+
+        Ok(Cluster {
+            prefix: prefix.to_string(),
+            pods,
+            nodes,
+            ext,
+            agg,
+            fabric,
+            service_backend,
+            service_client_node,
+            helpers,
+            links,
+        })
+    }
+
+    /// The static topology file for the aggregator.
+    pub fn topology_yaml(&self) -> String {
+        let mut y = String::from("zones:\n");
+        for z in ZONES {
+            y.push_str(&format!("  - name: {z}\n    region: {REGION}\n"));
+        }
+        y.push_str("nodes:\n");
+        for n in &self.nodes {
+            y.push_str(&format!(
+                "  - name: {}\n    zone: {}\n    ips: [{}, \"{}\"]\n",
+                n.name, n.zone, n.ip, n.ip6
+            ));
+        }
+        y.push_str("pods:\n");
+        for p in &self.pods {
+            let ips = match p.v6 {
+                Some(v6) => format!("[{}, \"{v6}\"]", p.v4),
+                None => format!("[{}]", p.v4),
+            };
+            y.push_str(&format!(
+                "  - name: {}\n    namespace: {}\n    node: {}\n    ips: {ips}\n    workload: {}\n    workload_kind: Deployment\n",
+                p.name, p.namespace, self.nodes[p.node].name, p.workload
+            ));
+        }
+        y.push_str(&format!("services:\n  - name: cache\n    namespace: shop\n    ips: [{CLUSTER_IP}]\nservice_cidrs: [{SERVICE_CIDR}]\n"));
+        y
+    }
+
+    /// The custom-endpoints file: the external database.
+    pub fn custom_endpoints_yaml(&self) -> String {
+        format!("endpoints:\n  - name: rds-primary\n    namespace: external\n    zone: {}\n    ips: [{EXTERNAL_IP}]\n", ZONES[2])
+    }
+
+    /// The node namespace of pod `i`.
+    pub fn node_of(&self, i: usize) -> &SimNode {
+        &self.nodes[self.pods[i].node]
+    }
+
+    /// Installs nftables reference counters: for every ordered pair of
+    /// addresses that can talk, in the forward hook of the node that
+    /// forwards the packets first (the source pod's node, or for traffic
+    /// from the database, the destination pod's node). Forward sees real,
+    /// post-DNAT addresses, as netscope's final attribution should.
+    ///
+    /// # Errors
+    /// When nft refuses the rules.
+    pub fn install_reference(&self) -> io::Result<Reference> {
+        let mut per_node: Vec<Vec<(IpAddr, IpAddr)>> = vec![Vec::new(); self.nodes.len()];
+        let ext = IpAddr::V4(EXTERNAL_IP);
+        for p in &self.pods {
+            for q in &self.pods {
+                if p.name != q.name {
+                    per_node[p.node].push((IpAddr::V4(p.v4), IpAddr::V4(q.v4)));
+                    if let (Some(a), Some(b)) = (p.v6, q.v6) {
+                        per_node[p.node].push((IpAddr::V6(a), IpAddr::V6(b)));
+                    }
+                }
+            }
+            per_node[p.node].push((IpAddr::V4(p.v4), ext));
+            per_node[p.node].push((ext, IpAddr::V4(p.v4)));
+        }
+        let mut refs = Vec::new();
+        for (i, pairs) in per_node.iter().enumerate() {
+            refs.push(NftReference::install(&self.nodes[i].ns, pairs)?);
+        }
+        Ok(Reference { refs })
+    }
+
+    /// Packets the VLAN pod sent that carried a metadata tag at the host side.
+    ///
+    /// # Errors
+    /// The kernel's error.
+    pub fn vlan_tagged_packets(&self) -> io::Result<u64> {
+        self.helpers.vlan_popped()
+    }
+
+    /// Live helper links (kept so they stay attached).
+    pub fn helper_links(&self) -> usize {
+        self.links.len()
+    }
+}
+
+fn pod_suffix(k: usize) -> String {
+    const A: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut x = (k as u64 + 7).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut s = String::new();
+    for _ in 0..5 {
+        s.push(A[(x % A.len() as u64) as usize] as char);
+        x /= A.len() as u64;
+    }
+    format!("5d8f{}-{s}", k % 10)
+}
+
+/// The nftables reference counters of a [`Cluster`].
+#[derive(Debug)]
+pub struct Reference {
+    refs: Vec<NftReference>,
+}
+
+impl Reference {
+    /// Every pair's counters, summed over the nodes that count it.
+    ///
+    /// # Errors
+    /// When nft fails.
+    pub fn read(&self, cluster: &Cluster) -> io::Result<HashMap<(IpAddr, IpAddr), Counters>> {
+        let mut all: HashMap<(IpAddr, IpAddr), Counters> = HashMap::new();
+        for (i, r) in self.refs.iter().enumerate() {
+            for (pair, c) in r.read(&cluster.nodes[i].ns)? {
+                *all.entry(pair).or_default() += c;
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// Runs the request/response server every simulated service uses, in `ns`
+/// on `addr`, until `stop`. Protocol: the client sends an 8-byte header
+/// (response size, request size, big-endian u32s) and the request bytes;
+/// the server answers with the response bytes.
+pub fn serve(ns: &NetNs, addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = ns.spawn(move || {
+        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        l.set_nonblocking(true).expect("nonblocking listener");
+        tx.send(()).expect("caller alive");
+        let mut conns = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((s, _)) => {
+                    let stop = stop.clone();
+                    conns.push(std::thread::spawn(move || {
+                        let _ = handle(s, &stop);
+                    }));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        for c in conns {
+            let _ = c.join();
+        }
+    });
+    rx.recv().expect("server started");
+    h
+}
+
+fn handle(mut s: TcpStream, stop: &AtomicBool) -> io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let zeros = vec![0x42u8; 64 * 1024];
+    loop {
+        let mut hdr = [0u8; 8];
+        if !read_full(&mut s, &mut hdr, stop)? {
+            return Ok(());
+        }
+        let resp = u32::from_be_bytes(hdr[0..4].try_into().expect("4")) as usize;
+        let mut req = u32::from_be_bytes(hdr[4..8].try_into().expect("4")) as usize;
+        while req > 0 {
+            let n = req.min(buf.len());
+            if !read_full(&mut s, &mut buf[..n], stop)? {
+                return Ok(());
+            }
+            req -= n;
+        }
+        let mut left = resp;
+        while left > 0 {
+            let n = left.min(zeros.len());
+            s.write_all(&zeros[..n])?;
+            left -= n;
+        }
+    }
+}
+
+/// Reads exactly `buf.len()` bytes; false on EOF or stop.
+fn read_full(s: &mut TcpStream, buf: &mut [u8], stop: &AtomicBool) -> io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// One traffic pattern: a client in `ns` that sends `req` bytes and reads
+/// `resp` bytes back, `every` apart, on one connection, until `stop` or
+/// `deadline`. Returns the request/response pairs completed.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a traffic pattern has this many knobs"
+)]
+pub fn client(
+    ns: &NetNs,
+    to: SocketAddr,
+    req: u32,
+    resp: u32,
+    every: Duration,
+    deadline: Instant,
+    stop: Arc<AtomicBool>,
+    label: &'static str,
+) -> JoinHandle<(&'static str, u64)> {
+    ns.spawn(move || {
+        let mut s = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+            Ok(s) => s,
+            Err(e) => panic!("{label}: connect {to}: {e}"),
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let payload = vec![0x17u8; req as usize];
+        let mut rbuf = vec![0u8; 64 * 1024];
+        let mut done = 0u64;
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let mut msg = Vec::with_capacity(8 + payload.len());
+            msg.extend_from_slice(&resp.to_be_bytes());
+            msg.extend_from_slice(&req.to_be_bytes());
+            msg.extend_from_slice(&payload);
+            if s.write_all(&msg).is_err() {
+                break;
+            }
+            let mut left = resp as usize;
+            while left > 0 {
+                match s.read(&mut rbuf[..left.min(64 * 1024)]) {
+                    Ok(0) | Err(_) => return (label, done),
+                    Ok(n) => left -= n,
+                }
+            }
+            done += 1;
+            next += every;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        (label, done)
+    })
+}
+
+/// Everything the traffic mix started.
+#[derive(Debug)]
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    servers: Vec<JoinHandle<()>>,
+    clients: Vec<JoinHandle<(&'static str, u64)>>,
+}
+
+impl Traffic {
+    /// Starts the demo's traffic mix, running until `deadline` (or
+    /// [`Traffic::stop`]): HTTP-like request/response (frontend -> api,
+    /// across zones, over IPv4 and IPv6), a bulk transfer (reports ->
+    /// storage, VLAN-tagged), a chatty client of the `cache` Service behind
+    /// the ClusterIP, same-zone calls, and queries to the external database.
+    pub fn start(c: &Cluster, deadline: Instant) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut servers = Vec::new();
+        for p in &c.pods {
+            if matches!(p.workload, "api" | "cache" | "storage" | "frontend") {
+                servers.push(serve(
+                    &p.ns,
+                    SocketAddr::new(IpAddr::V4(p.v4), SERVER_PORT),
+                    stop.clone(),
+                ));
+                if let Some(v6) = p.v6 {
+                    servers.push(serve(
+                        &p.ns,
+                        SocketAddr::new(IpAddr::V6(v6), SERVER_PORT),
+                        stop.clone(),
+                    ));
+                }
+            }
+        }
+        servers.push(serve(
+            &c.ext,
+            SocketAddr::new(IpAddr::V4(EXTERNAL_IP), 5432),
+            stop.clone(),
+        ));
+        let pod = |w: &str, node: usize| {
+            c.pods
+                .iter()
+                .position(|p| p.workload == w && p.node == node)
+                .expect("pod")
+        };
+        let at = |i: usize| SocketAddr::new(IpAddr::V4(c.pods[i].v4), SERVER_PORT);
+        let ms = Duration::from_millis;
+        let (fe1, web, fe2, reports) = (
+            pod("frontend", 0),
+            pod("web", 0),
+            pod("frontend", 1),
+            pod("reports", 1),
+        );
+        let (api1, orders, storage) = (pod("api", 2), pod("orders", 3), pod("storage", 5));
+        let api2 = c
+            .pods
+            .iter()
+            .rposition(|p| p.workload == "api")
+            .expect("api");
+        let mut clients = vec![
+            // HTTP-like: small requests, 24 KB responses, zone a -> b.
+            client(
+                &c.pods[fe1].ns,
+                at(api1),
+                400,
+                24_000,
+                ms(20),
+                deadline,
+                stop.clone(),
+                "frontend->api",
+            ),
+            client(
+                &c.pods[fe2].ns,
+                at(api2),
+                350,
+                16_000,
+                ms(25),
+                deadline,
+                stop.clone(),
+                "frontend->api",
+            ),
+            // Bulk: 256 KB uploads, zone a -> c, from the VLAN-tagged pod.
+            client(
+                &c.pods[reports].ns,
+                at(storage),
+                256 * 1024,
+                0,
+                ms(40),
+                deadline,
+                stop.clone(),
+                "reports->storage",
+            ),
+            // Chatty, through the ClusterIP: tiny requests, 2 KB answers.
+            client(
+                &c.pods[web].ns,
+                SocketAddr::new(IpAddr::V4(CLUSTER_IP), SERVICE_PORT),
+                120,
+                2_000,
+                ms(5),
+                deadline,
+                stop.clone(),
+                "web->cache (ClusterIP)",
+            ),
+            // Same zone: web -> frontend on the other zone-a node.
+            client(
+                &c.pods[web].ns,
+                at(fe2),
+                200,
+                4_000,
+                ms(30),
+                deadline,
+                stop.clone(),
+                "web->frontend",
+            ),
+            // The external database, from zone b.
+            client(
+                &c.pods[orders].ns,
+                SocketAddr::new(IpAddr::V4(EXTERNAL_IP), 5432),
+                300,
+                8_000,
+                ms(25),
+                deadline,
+                stop.clone(),
+                "orders->rds",
+            ),
+        ];
+        // IPv6: frontend (zone a) -> api (zone b), both dual-stack.
+        if let (Some(_), Some(v6)) = (c.pods[fe1].v6, c.pods[api1].v6) {
+            clients.push(client(
+                &c.pods[fe1].ns,
+                SocketAddr::new(IpAddr::V6(v6), SERVER_PORT),
+                300,
+                12_000,
+                ms(40),
+                deadline,
+                stop.clone(),
+                "frontend->api (IPv6)",
+            ));
+        }
+        Traffic {
+            stop,
+            servers,
+            clients,
+        }
+    }
+
+    /// Stops everything and returns (pattern, completed exchanges).
+    pub fn stop(self) -> Vec<(&'static str, u64)> {
+        let out: Vec<_> = self
+            .clients
+            .into_iter()
+            .map(|h| h.join().unwrap_or(("panicked", 0)))
+            .collect();
+        self.stop.store(true, Ordering::Relaxed);
+        for s in self.servers {
+            let _ = s.join();
+        }
+        out
+    }
+}
