@@ -7,7 +7,7 @@
 //!
 //! Backends:
 //!
-//! - `kube::KubeResolver` (feature `kube`): pods, nodes,
+//! - [`KubeResolver`](kube::KubeResolver) (feature `kube`): pods, nodes,
 //!   Services and Service CIDRs from the Kubernetes API.
 //! - [`StaticResolver`]: the same facts from a YAML topology file.
 //! - [`CustomEndpoints`]: user-named external endpoints (IPs and CIDRs).
@@ -26,6 +26,8 @@ use crate::endpoint::Endpoint;
 
 mod cluster;
 pub mod custom;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod layered;
 pub mod lpm;
 pub mod static_topo;
