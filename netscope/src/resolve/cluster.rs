@@ -74,6 +74,7 @@ pub struct ClusterSnapshot {
     service_cidrs: Vec<IpPrefix>,
     unknown_service: Arc<Endpoint>,
     pod_claims: usize,
+    ended_claims: usize,
 }
 
 impl Default for ClusterSnapshot {
@@ -134,6 +135,12 @@ impl ClusterSnapshot {
     /// Number of pod claims (live pods' addresses plus tombstones).
     pub fn pod_claim_count(&self) -> usize {
         self.pod_claims
+    }
+
+    /// Number of pod claims that have ended (deleted or finished pods kept
+    /// for their grace period).
+    pub fn ended_claim_count(&self) -> usize {
+        self.ended_claims
     }
 }
 
@@ -203,9 +210,10 @@ impl ClusterSnapshotBuilder {
     /// Builds the snapshot.
     pub fn build(self) -> ClusterSnapshot {
         let mut slots = HashMap::with_capacity(self.pods.len() + self.nodes.len());
-        let mut pod_claims = 0;
+        let (mut pod_claims, mut ended_claims) = (0, 0);
         for (ip, mut claims) in self.pods {
             pod_claims += claims.len();
+            ended_claims += claims.iter().filter(|c| c.until.is_some()).count();
             let slot = if claims.len() == 1 {
                 match claims.pop() {
                     Some(claim) => Slot::Pod(claim),
@@ -239,6 +247,7 @@ impl ClusterSnapshotBuilder {
                 region: empty,
             }),
             pod_claims,
+            ended_claims,
         }
     }
 }
