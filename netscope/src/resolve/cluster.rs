@@ -7,14 +7,14 @@
 //! [`ClusterSnapshotBuilder`] and then only read, so a backend can publish a
 //! new one atomically while readers keep using the old one.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::endpoint::{Endpoint, EndpointKind, WorkloadKind};
 
+use super::ipmap::IpMap;
 use super::IpPrefix;
 
 /// One pod's hold on an address: from `since` until `until` (open while the
@@ -32,15 +32,14 @@ impl Claim {
     }
 }
 
-/// What one address leads to. Pods outrank nodes, nodes outrank Services.
+/// What one address leads to: 16 bytes, so the table stays cache-friendly.
 #[derive(Debug, Clone)]
 enum Slot {
-    /// Exactly one pod claim: the common case, no allocation.
-    Pod(Claim),
+    /// One owner: a pod (live or tombstone), a node or a Service. With a
+    /// single claim the observation time cannot change the answer.
+    One(Arc<Endpoint>),
     /// An address that changed hands: several pod claims, oldest first.
-    Pods(Box<[Claim]>),
-    /// A node or Service address.
-    Fixed(Arc<Endpoint>),
+    Many(Box<Box<[Claim]>>),
 }
 
 /// Picks the claim that held the address at `t`:
@@ -69,7 +68,7 @@ fn pick(claims: &[Claim], t: SystemTime) -> Option<&Claim> {
 /// An immutable index of the cluster's addresses. See the module docs.
 #[derive(Debug, Clone)]
 pub struct ClusterSnapshot {
-    slots: HashMap<IpAddr, Slot>,
+    slots: IpMap<Slot>,
     monitored_nodes: HashSet<Arc<str>>,
     service_cidrs: Vec<IpPrefix>,
     unknown_service: Arc<Endpoint>,
@@ -89,11 +88,9 @@ impl ClusterSnapshot {
     /// ClusterIP resolves to a Service named [`Endpoint::UNKNOWN`].
     #[inline]
     pub fn lookup(&self, ip: IpAddr, observed_at: SystemTime) -> Option<&Arc<Endpoint>> {
-        let ip = ip.to_canonical();
-        match self.slots.get(&ip) {
-            Some(Slot::Pod(claim)) => Some(&claim.endpoint),
-            Some(Slot::Pods(claims)) => pick(claims, observed_at).map(|c| &c.endpoint),
-            Some(Slot::Fixed(endpoint)) => Some(endpoint),
+        match self.slots.get(ip) {
+            Some(Slot::One(endpoint)) => Some(endpoint),
+            Some(Slot::Many(claims)) => pick(claims, observed_at).map(|c| &c.endpoint),
             None => self
                 .service_cidrs
                 .iter()
@@ -148,9 +145,9 @@ impl ClusterSnapshot {
 /// in any order; precedence (pod > node > Service) is applied at build time.
 #[derive(Debug, Default)]
 pub struct ClusterSnapshotBuilder {
-    pods: HashMap<IpAddr, Vec<Claim>>,
-    nodes: HashMap<IpAddr, Arc<Endpoint>>,
-    services: HashMap<IpAddr, Arc<Endpoint>>,
+    pods: IpMap<Vec<Claim>>,
+    nodes: IpMap<Arc<Endpoint>>,
+    services: IpMap<Arc<Endpoint>>,
     monitored_nodes: HashSet<Arc<str>>,
     service_cidrs: Vec<IpPrefix>,
 }
@@ -159,7 +156,7 @@ impl ClusterSnapshotBuilder {
     /// An empty builder sized for about `pods` pod addresses.
     pub fn with_capacity(pods: usize) -> Self {
         ClusterSnapshotBuilder {
-            pods: HashMap::with_capacity(pods),
+            pods: IpMap::with_capacity(pods),
             ..Default::default()
         }
     }
@@ -172,7 +169,7 @@ impl ClusterSnapshotBuilder {
         since: SystemTime,
         until: Option<SystemTime>,
     ) -> &mut Self {
-        self.pods.entry(ip.to_canonical()).or_default().push(Claim {
+        self.pods.get_or_insert_with(ip, Vec::new).push(Claim {
             endpoint,
             since,
             until,
@@ -183,13 +180,13 @@ impl ClusterSnapshotBuilder {
     /// `ip` belongs to a node (an InternalIP, or a hostNetwork pod's IP).
     /// The first node to claim an address keeps it.
     pub fn node_ip(&mut self, ip: IpAddr, endpoint: Arc<Endpoint>) -> &mut Self {
-        self.nodes.entry(ip.to_canonical()).or_insert(endpoint);
+        self.nodes.insert_if_absent(ip, endpoint);
         self
     }
 
     /// `ip` is a Service ClusterIP. The first Service to claim it keeps it.
     pub fn service_ip(&mut self, ip: IpAddr, endpoint: Arc<Endpoint>) -> &mut Self {
-        self.services.entry(ip.to_canonical()).or_insert(endpoint);
+        self.services.insert_if_absent(ip, endpoint);
         self
     }
 
@@ -209,26 +206,24 @@ impl ClusterSnapshotBuilder {
 
     /// Builds the snapshot.
     pub fn build(self) -> ClusterSnapshot {
-        let mut slots = HashMap::with_capacity(self.pods.len() + self.nodes.len());
+        let mut slots = IpMap::with_capacity(self.pods.len() + self.nodes.len());
         let (mut pod_claims, mut ended_claims) = (0, 0);
-        for (ip, mut claims) in self.pods {
+        for (ip, mut claims) in self.pods.into_iter() {
             pod_claims += claims.len();
             ended_claims += claims.iter().filter(|c| c.until.is_some()).count();
             let slot = if claims.len() == 1 {
                 match claims.pop() {
-                    Some(claim) => Slot::Pod(claim),
+                    Some(claim) => Slot::One(claim.endpoint),
                     None => continue,
                 }
             } else {
                 claims.sort_by_key(|c| c.since);
-                Slot::Pods(claims.into_boxed_slice())
+                Slot::Many(Box::new(claims.into_boxed_slice()))
             };
-            slots.insert(ip, slot);
+            slots.insert_if_absent(ip, slot);
         }
-        for (ip, endpoint) in self.nodes.into_iter().chain(self.services) {
-            if let Entry::Vacant(v) = slots.entry(ip) {
-                v.insert(Slot::Fixed(endpoint));
-            }
+        for (ip, endpoint) in self.nodes.into_iter().chain(self.services.into_iter()) {
+            slots.insert_if_absent(ip, Slot::One(endpoint));
         }
         slots.shrink_to_fit();
         let empty: Arc<str> = Arc::from("");

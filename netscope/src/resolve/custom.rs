@@ -39,6 +39,7 @@ use serde::Deserialize;
 
 use crate::endpoint::{Endpoint, EndpointKind, WorkloadKind};
 
+use super::ipmap::IpMap;
 use super::{error_chain, EntryRef, IpPrefix, PrefixTable, ResolveError, Resolver};
 
 /// Name of the counter of rejected custom-endpoint files.
@@ -103,7 +104,7 @@ struct RawEndpoint {
 /// One validated, immutable set of custom endpoints.
 #[derive(Debug, Default)]
 struct CustomSet {
-    exact: HashMap<IpAddr, Arc<Endpoint>>,
+    exact: IpMap<Arc<Endpoint>>,
     cidrs: PrefixTable<Arc<Endpoint>>,
     endpoints: usize,
 }
@@ -111,8 +112,7 @@ struct CustomSet {
 impl CustomSet {
     #[inline]
     fn lookup(&self, ip: IpAddr) -> Option<&Arc<Endpoint>> {
-        let ip = ip.to_canonical();
-        self.exact.get(&ip).or_else(|| self.cidrs.get(ip))
+        self.exact.get(ip).or_else(|| self.cidrs.get(ip))
     }
 }
 
@@ -198,7 +198,13 @@ fn parse(text: &str, path: &Path) -> Result<CustomSet, ResolveError> {
         }
     }
     Ok(CustomSet {
-        exact: exact.into_iter().map(|(ip, (e, _))| (ip, e)).collect(),
+        exact: {
+            let mut map = IpMap::with_capacity(exact.len());
+            for (ip, (e, _)) in exact {
+                map.insert_if_absent(ip, e);
+            }
+            map
+        },
         cidrs: PrefixTable::build(table),
         endpoints,
     })
@@ -432,6 +438,11 @@ impl Default for CustomEndpoints {
 impl Resolver for CustomEndpoints {
     fn resolve(&self, ip: IpAddr, _observed_at: SystemTime) -> Arc<Endpoint> {
         self.lookup(ip).unwrap_or_else(Endpoint::external)
+    }
+
+    #[inline]
+    fn try_resolve(&self, ip: IpAddr, _observed_at: SystemTime) -> Option<Arc<Endpoint>> {
+        self.lookup(ip)
     }
 
     /// Custom endpoints know no nodes.

@@ -54,11 +54,19 @@ impl LayeredResolver {
 impl Resolver for LayeredResolver {
     #[inline]
     fn resolve(&self, ip: IpAddr, observed_at: SystemTime) -> Arc<Endpoint> {
+        self.try_resolve(ip, observed_at)
+            .unwrap_or_else(Endpoint::external)
+    }
+
+    #[inline]
+    fn try_resolve(&self, ip: IpAddr, observed_at: SystemTime) -> Option<Arc<Endpoint>> {
         let mut best: Option<Arc<Endpoint>> = None;
         for layer in &self.layers {
-            let candidate = layer.resolve(ip, observed_at);
+            let Some(candidate) = layer.try_resolve(ip, observed_at) else {
+                continue;
+            };
             if candidate.kind == EndpointKind::Pod {
-                return candidate;
+                return Some(candidate);
             }
             if best
                 .as_ref()
@@ -67,7 +75,7 @@ impl Resolver for LayeredResolver {
                 best = Some(candidate);
             }
         }
-        best.unwrap_or_else(Endpoint::external)
+        best
     }
 
     /// Monitored when any layer says so.

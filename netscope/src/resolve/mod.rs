@@ -22,10 +22,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, EndpointKind};
 
 mod cluster;
 pub mod custom;
+mod ipmap;
 #[cfg(feature = "kube")]
 pub mod kube;
 pub mod layered;
@@ -51,6 +52,15 @@ pub trait Resolver: Send + Sync {
     /// reused by a newer pod resolves to whichever pod held it at that time
     /// (see `docs/resolution.md`).
     fn resolve(&self, ip: IpAddr, observed_at: SystemTime) -> Arc<Endpoint>;
+
+    /// Like [`resolve`](Self::resolve), but `None` where `resolve` would
+    /// answer [`Endpoint::external`]. Composites use it to skip backends
+    /// that do not know an address without cloning the shared external
+    /// endpoint; backends override it when that is cheaper.
+    fn try_resolve(&self, ip: IpAddr, observed_at: SystemTime) -> Option<Arc<Endpoint>> {
+        let e = self.resolve(ip, observed_at);
+        (e.kind != EndpointKind::External).then_some(e)
+    }
 
     /// True when a netscope agent is known to run, Ready, on `node`, so that
     /// the node's `ToPod` observations can be trusted (the aggregator's dedup
@@ -81,6 +91,9 @@ pub trait Resolver: Send + Sync {
 impl<R: Resolver + ?Sized> Resolver for Arc<R> {
     fn resolve(&self, ip: IpAddr, observed_at: SystemTime) -> Arc<Endpoint> {
         (**self).resolve(ip, observed_at)
+    }
+    fn try_resolve(&self, ip: IpAddr, observed_at: SystemTime) -> Option<Arc<Endpoint>> {
+        (**self).try_resolve(ip, observed_at)
     }
     fn is_monitored_node(&self, node: &str) -> bool {
         (**self).is_monitored_node(node)

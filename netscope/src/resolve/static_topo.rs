@@ -351,6 +351,16 @@ impl StaticResolver {
         })
     }
 
+    /// Resolves from a snapshot built in code (with a
+    /// [`ClusterSnapshotBuilder`], or taken from a
+    /// [`KubeIndex`](crate::resolve::kube::KubeIndex)).
+    pub fn from_snapshot(snapshot: ClusterSnapshot) -> Self {
+        StaticResolver {
+            snapshot: Arc::new(snapshot),
+            path: None,
+        }
+    }
+
     /// The file it was loaded from, if any.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
@@ -365,6 +375,10 @@ impl StaticResolver {
 impl Resolver for StaticResolver {
     fn resolve(&self, ip: IpAddr, observed_at: SystemTime) -> Arc<Endpoint> {
         self.snapshot.resolve(ip, observed_at)
+    }
+
+    fn try_resolve(&self, ip: IpAddr, observed_at: SystemTime) -> Option<Arc<Endpoint>> {
+        self.snapshot.lookup(ip, observed_at).cloned()
     }
 
     /// Nodes listed in the file, unless marked `agent: false`.

@@ -48,7 +48,8 @@ use crate::resolve::{error_chain, ClusterSnapshot, IpPrefix, ResolveError, Resol
 mod state;
 mod workload;
 
-use state::{ClusterState, Kind, StateConfig};
+use state::Kind;
+pub use state::KubeIndex;
 
 /// Name of the counter of watch errors, labelled by `resource`.
 pub const WATCH_ERRORS_COUNTER: &str = "netscope_kube_watch_errors_total";
@@ -102,7 +103,7 @@ pub struct KubeResolver {
 pub struct KubeDriver {
     client: Client,
     config: KubeResolverConfig,
-    state: ClusterState,
+    state: KubeIndex,
     shared: Arc<Shared>,
 }
 
@@ -127,15 +128,7 @@ impl KubeResolver {
         client: Client,
         config: KubeResolverConfig,
     ) -> Result<(KubeResolver, KubeDriver), ResolveError> {
-        let agent_selector = workload::parse_selector(&config.agent_selector)?;
-        let state = ClusterState::new(
-            StateConfig {
-                agent_selector,
-                tombstone_grace: config.tombstone_grace,
-                service_cidrs: config.service_cidrs.clone(),
-            },
-            config.service_cidr_api,
-        );
+        let state = KubeIndex::new(&config)?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(ClusterSnapshot::default()),
             synced: AtomicBool::new(false),
@@ -181,6 +174,11 @@ impl Resolver for KubeResolver {
     #[inline]
     fn resolve(&self, ip: IpAddr, observed_at: SystemTime) -> Arc<Endpoint> {
         self.shared.snapshot.load().resolve(ip, observed_at)
+    }
+
+    #[inline]
+    fn try_resolve(&self, ip: IpAddr, observed_at: SystemTime) -> Option<Arc<Endpoint>> {
+        self.shared.snapshot.load().lookup(ip, observed_at).cloned()
     }
 
     fn is_monitored_node(&self, node: &str) -> bool {
@@ -325,7 +323,7 @@ fn log_watch_error(kind: Kind, err: &watcher::Error) {
     }
 }
 
-fn apply(state: &mut ClusterState, msg: Msg, now: SystemTime) {
+fn apply(state: &mut KubeIndex, msg: Msg, now: SystemTime) {
     match msg {
         Msg::Pod(Ok(ev)) => state.apply_pod(ev, now),
         Msg::Node(Ok(ev)) => state.apply_node(ev, now),
@@ -339,7 +337,7 @@ fn apply(state: &mut ClusterState, msg: Msg, now: SystemTime) {
     }
 }
 
-fn publish(state: &mut ClusterState, shared: &Shared, now: SystemTime) {
+fn publish(state: &mut KubeIndex, shared: &Shared, now: SystemTime) {
     let (snapshot, pods_changed) = state.snapshot(now);
     if pods_changed {
         let (pods, tombstones) = state.pod_counts();

@@ -13,7 +13,7 @@ use kube::core::Selector;
 use kube::runtime::watcher::Event;
 
 use crate::endpoint::{Endpoint, EndpointKind, WorkloadKind};
-use crate::resolve::{ClusterSnapshot, ClusterSnapshotBuilder, IpPrefix};
+use crate::resolve::{ClusterSnapshot, ClusterSnapshotBuilder, IpPrefix, ResolveError};
 
 use super::workload::{selects, workload_of, POD_TEMPLATE_HASH};
 
@@ -147,9 +147,14 @@ pub(crate) struct StateConfig {
     pub service_cidrs: Vec<IpPrefix>,
 }
 
-/// The mutable index. See the module docs.
+/// The Kubernetes backend's mutable index: apply watcher events (with the
+/// time they were received), then take a [`ClusterSnapshot`] to read from.
+///
+/// [`KubeDriver`](super::KubeDriver) owns one and feeds it from the API.
+/// It is public so that an embedder with watch streams of its own (or a
+/// test, or a benchmark) can drive it directly: no I/O and no clock inside.
 #[derive(Debug)]
-pub(crate) struct ClusterState {
+pub struct KubeIndex {
     config: StateConfig,
     strings: Interner,
     pods: HashMap<Box<str>, PodRecord>,
@@ -206,13 +211,32 @@ fn label<'a>(
         .filter(|v| !v.is_empty())
 }
 
-impl ClusterState {
-    pub(crate) fn new(config: StateConfig, watch_service_cidrs: bool) -> Self {
+impl KubeIndex {
+    /// An empty index with the rules of `config` (agent selector, tombstone
+    /// grace, configured Service CIDRs). When `config.service_cidr_api` is
+    /// set, [`is_synced`](Self::is_synced) also waits for the ServiceCIDR
+    /// list (or [`service_cidr_api_absent`](Self::service_cidr_api_absent)).
+    ///
+    /// # Errors
+    ///
+    /// [`ResolveError::BadSelector`] when the agent selector does not parse.
+    pub fn new(config: &super::KubeResolverConfig) -> Result<Self, ResolveError> {
+        Ok(KubeIndex::with_config(
+            StateConfig {
+                agent_selector: super::workload::parse_selector(&config.agent_selector)?,
+                tombstone_grace: config.tombstone_grace,
+                service_cidrs: config.service_cidrs.clone(),
+            },
+            config.service_cidr_api,
+        ))
+    }
+
+    pub(crate) fn with_config(config: StateConfig, watch_service_cidrs: bool) -> Self {
         let mut required = vec![Kind::Pod, Kind::Node, Kind::Service];
         if watch_service_cidrs {
             required.push(Kind::ServiceCidr);
         }
-        ClusterState {
+        KubeIndex {
             config,
             strings: Interner::default(),
             pods: HashMap::new(),
@@ -229,30 +253,32 @@ impl ClusterState {
 
     /// The ServiceCIDR API turned out to be absent: Service CIDRs come from
     /// configuration and nothing more is awaited for them.
-    pub(crate) fn service_cidr_api_absent(&mut self) {
+    pub fn service_cidr_api_absent(&mut self) {
         self.required.retain(|k| *k != Kind::ServiceCidr);
         self.dirty = true;
     }
 
     /// True when every required resource finished its first list.
-    pub(crate) fn is_synced(&self) -> bool {
+    pub fn is_synced(&self) -> bool {
         self.required
             .iter()
             .all(|k| self.relist.get(k).is_some_and(|r| r.synced))
     }
 
-    pub(crate) fn is_dirty(&self) -> bool {
+    /// True when something changed since the last [`snapshot`](Self::snapshot).
+    pub fn is_dirty(&self) -> bool {
         self.dirty
     }
 
     /// Number of pods and tombstones held.
-    pub(crate) fn pod_counts(&self) -> (usize, usize) {
+    pub fn pod_counts(&self) -> (usize, usize) {
         (self.pods.len(), self.tombstones.len())
     }
 
     // ---- pods ----
 
-    pub(crate) fn apply_pod(&mut self, event: Event<Pod>, now: SystemTime) {
+    /// Applies a pod watcher event received at `now`.
+    pub fn apply_pod(&mut self, event: Event<Pod>, now: SystemTime) {
         match event {
             Event::Init => self.relist.entry(Kind::Pod).or_default().init(),
             Event::InitApply(pod) => {
@@ -412,7 +438,8 @@ impl ClusterState {
 
     // ---- nodes ----
 
-    pub(crate) fn apply_node(&mut self, event: Event<Node>, now: SystemTime) {
+    /// Applies a node watcher event received at `now`.
+    pub fn apply_node(&mut self, event: Event<Node>, now: SystemTime) {
         let _ = now;
         match event {
             Event::Init => self.relist.entry(Kind::Node).or_default().init(),
@@ -508,7 +535,8 @@ impl ClusterState {
 
     // ---- services ----
 
-    pub(crate) fn apply_service(&mut self, event: Event<Service>, now: SystemTime) {
+    /// Applies a Service watcher event received at `now`.
+    pub fn apply_service(&mut self, event: Event<Service>, now: SystemTime) {
         let _ = now;
         match event {
             Event::Init => self.relist.entry(Kind::Service).or_default().init(),
@@ -584,7 +612,8 @@ impl ClusterState {
 
     // ---- Service CIDRs ----
 
-    pub(crate) fn apply_service_cidr(&mut self, event: Event<ServiceCIDR>, now: SystemTime) {
+    /// Applies a ServiceCIDR watcher event received at `now`.
+    pub fn apply_service_cidr(&mut self, event: Event<ServiceCIDR>, now: SystemTime) {
         let _ = now;
         let cidrs_of = |c: &ServiceCIDR| -> Vec<IpPrefix> {
             c.spec
@@ -641,7 +670,7 @@ impl ClusterState {
     }
 
     /// When the next tombstone (or ended pod's claim) expires.
-    pub(crate) fn next_expiry(&self) -> Option<SystemTime> {
+    pub fn next_expiry(&self) -> Option<SystemTime> {
         let grace = self.config.tombstone_grace;
         self.tombstones
             .iter()
@@ -651,9 +680,10 @@ impl ClusterState {
             .min()
     }
 
-    /// Builds the snapshot as of `now` and clears the dirty flags. Returns
-    /// the snapshot and whether the pod part changed since the last one.
-    pub(crate) fn snapshot(&mut self, now: SystemTime) -> (ClusterSnapshot, bool) {
+    /// Drops tombstones whose grace ran out by `now`, builds the snapshot
+    /// and clears the dirty flags. Returns the snapshot and whether the pod
+    /// part changed since the last one.
+    pub fn snapshot(&mut self, now: SystemTime) -> (ClusterSnapshot, bool) {
         let pruned = self.prune(now);
         let grace = self.config.tombstone_grace;
         let mut b = ClusterSnapshotBuilder::with_capacity(self.pods.len() + self.tombstones.len());

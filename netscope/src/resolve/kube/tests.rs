@@ -8,7 +8,7 @@ use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::runtime::watcher::Event;
 use serde_json::{json, Value};
 
-use super::state::{ClusterState, StateConfig};
+use super::state::{KubeIndex, StateConfig};
 use super::workload::parse_selector;
 use crate::endpoint::{EndpointKind, WorkloadKind};
 use crate::resolve::{ClusterSnapshot, IpPrefix};
@@ -126,8 +126,8 @@ fn service_cidr(name: &str, cidrs: &[&str]) -> ServiceCIDR {
     }))
 }
 
-fn state(grace_secs: u64) -> ClusterState {
-    ClusterState::new(
+fn state(grace_secs: u64) -> KubeIndex {
+    KubeIndex::with_config(
         StateConfig {
             agent_selector: parse_selector("app.kubernetes.io/name=netscope-agent")
                 .unwrap_or_else(|e| panic!("{e}")),
@@ -140,7 +140,7 @@ fn state(grace_secs: u64) -> ClusterState {
 
 /// Runs a complete initial list for every kind with the given objects.
 fn initial(
-    s: &mut ClusterState,
+    s: &mut KubeIndex,
     pods: Vec<Pod>,
     nodes: Vec<Node>,
     services: Vec<Service>,
