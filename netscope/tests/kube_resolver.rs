@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use apiserver::{ApiServer, Resource};
+use apiserver::{ApiServer, Resource, ServiceCidrApi};
 use netscope::resolve::kube::{KubeResolver, KubeResolverConfig};
 use netscope::resolve::{IpPrefix, Resolver};
 use netscope::{EndpointKind, WorkloadKind};
@@ -228,7 +228,7 @@ async fn pods_come_and_go_and_a_reused_ip_resolves_by_time() {
 
     let now = SystemTime::now();
     let hour_ago = now - Duration::from_secs(3600);
-    let api = ApiServer::start(false).await;
+    let api = ApiServer::start(ServiceCidrApi::NotFound).await;
     seed(&api, hour_ago);
     let (r, driver) = start(&api, config()).await;
 
@@ -337,9 +337,17 @@ async fn pods_come_and_go_and_a_reused_ip_resolves_by_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_relabelled_to_another_zone_moves_its_pods() {
     let now = SystemTime::now();
-    let api = ApiServer::start(false).await;
+    // RBAC without ServiceCIDR permission: the configured CIDRs are used
+    // and the resolver still syncs.
+    let api = ApiServer::start(ServiceCidrApi::Forbidden).await;
     seed(&api, now - Duration::from_secs(3600));
     let (r, driver) = start(&api, config()).await;
+    assert_eq!(r.service_cidrs().len(), 1);
+    assert_eq!(
+        &*r.resolve(ip("10.96.200.1"), now).name,
+        "unknown",
+        "inside the configured CIDR"
+    );
     assert_eq!(&*r.resolve(ip("10.0.1.5"), now).zone, "us-west-2a");
 
     api.apply(Resource::Nodes, node("node-a", "us-west-2c", "192.168.0.1"));
@@ -364,7 +372,7 @@ async fn a_node_relabelled_to_another_zone_moves_its_pods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_watch_resumes_and_a_410_forces_a_relist() {
     let now = SystemTime::now();
-    let api = ApiServer::start(true).await;
+    let api = ApiServer::start(ServiceCidrApi::Served).await;
     seed(&api, now - Duration::from_secs(3600));
     api.apply(
         Resource::ServiceCidrs,

@@ -12,7 +12,8 @@
 //!   resourceVersion older than the last compaction gets the API's
 //!   `ERROR` event with a `410 Expired` Status, and the stream ends.
 //! - The ServiceCIDR API can be switched off, in which case it answers
-//!   `404` with a `Status` body, as a cluster without it does.
+//!   `404` with a `Status` body, as a cluster without it does, or refused
+//!   with `403`, as for a client whose role lacks the permission.
 //!
 //! Resource versions are global across kinds, as etcd revisions are. The
 //! test drives the "cluster" (apply, delete, compact) and the connections
@@ -68,6 +69,18 @@ impl Resource {
     }
 }
 
+/// How the server answers for the ServiceCIDR API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServiceCidrApi {
+    /// Served like any other resource.
+    Served,
+    /// `404`: a cluster older than Kubernetes 1.33.
+    #[default]
+    NotFound,
+    /// `403`: the client's RBAC role lacks the permission.
+    Forbidden,
+}
+
 /// One request the client made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -88,7 +101,7 @@ struct Store {
     expire_gen: u64,
     bookmark_gen: u64,
     requests: Vec<Request>,
-    serve_service_cidrs: bool,
+    service_cidr_api: ServiceCidrApi,
 }
 
 /// The running server. Dropping it stops accepting connections.
@@ -114,7 +127,7 @@ fn key_of(obj: &Value) -> String {
 
 impl ApiServer {
     /// Starts serving on an ephemeral port of 127.0.0.1.
-    pub async fn start(serve_service_cidrs: bool) -> ApiServer {
+    pub async fn start(service_cidr_api: ServiceCidrApi) -> ApiServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("bind 127.0.0.1: {e}"));
@@ -124,7 +137,7 @@ impl ApiServer {
         let store = Arc::new(Mutex::new(Store {
             rv: 100,
             oldest: 0,
-            serve_service_cidrs,
+            service_cidr_api,
             ..Store::default()
         }));
         let accept_store = store.clone();
@@ -308,7 +321,7 @@ async fn serve_connection(stream: TcpStream, store: Arc<Mutex<Store>>) -> std::i
         let watch = query.get("watch").is_some_and(|v| v == "true" || v == "1");
         let rv_param = query.get("resourceVersion").cloned();
         let stream = reader.get_mut();
-        let served = {
+        let answer = {
             let mut s = store.lock().unwrap_or_else(PoisonError::into_inner);
             s.requests.push(Request {
                 resource,
@@ -317,12 +330,24 @@ async fn serve_connection(stream: TcpStream, store: Arc<Mutex<Store>>) -> std::i
                 target: target.clone(),
             });
             match resource {
-                Some(Resource::ServiceCidrs) => s.serve_service_cidrs,
-                Some(_) => true,
-                None => false,
+                Some(Resource::ServiceCidrs) => s.service_cidr_api,
+                Some(_) => ServiceCidrApi::Served,
+                None => ServiceCidrApi::NotFound,
             }
         };
-        let Some(resource) = resource.filter(|_| served) else {
+        if answer == ServiceCidrApi::Forbidden {
+            let body = json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure",
+                "message": "servicecidrs.networking.k8s.io is forbidden: User \"system:serviceaccount:netscope:netscope\" cannot list resource \"servicecidrs\" in API group \"networking.k8s.io\" at the cluster scope",
+                "reason": "Forbidden",
+                "details": {"group": "networking.k8s.io", "kind": "servicecidrs"},
+                "code": 403
+            });
+            write_response(stream, "403 Forbidden", &body).await?;
+            continue;
+        }
+        let Some(resource) = resource.filter(|_| answer == ServiceCidrApi::Served) else {
             let body = json!({
                 "kind": "Status", "apiVersion": "v1", "metadata": {},
                 "status": "Failure",

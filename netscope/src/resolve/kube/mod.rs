@@ -220,6 +220,13 @@ async fn service_cidr_api_served(api: Api<ServiceCIDR>) -> bool {
                 );
                 return false;
             }
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                tracing::warn!(
+                    "Not allowed to list ServiceCIDRs (grant list and watch on \
+                     networking.k8s.io servicecidrs); using configured Service CIDRs"
+                );
+                return false;
+            }
             Err(err) => {
                 metrics::counter!(WATCH_ERRORS_COUNTER, "resource" => Kind::ServiceCidr.as_str())
                     .increment(1);
@@ -299,7 +306,7 @@ impl KubeDriver {
             let due = last_publish.is_none_or(|t| t.elapsed() >= interval);
             if (state.is_dirty() || expired) && due {
                 publish(&mut state, &shared, now);
-                next_expiry = state.next_expiry();
+                next_expiry = state.next_expiry(now);
                 last_publish = Some(tokio::time::Instant::now());
             }
         }

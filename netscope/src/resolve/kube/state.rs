@@ -669,14 +669,16 @@ impl KubeIndex {
         before - self.tombstones.len()
     }
 
-    /// When the next tombstone (or ended pod's claim) expires.
-    pub fn next_expiry(&self) -> Option<SystemTime> {
+    /// When the next tombstone (or finished pod's claim) expires after
+    /// `now`; `None` when nothing is waiting to expire.
+    pub fn next_expiry(&self, now: SystemTime) -> Option<SystemTime> {
         let grace = self.config.tombstone_grace;
         self.tombstones
             .iter()
             .map(|t| t.until)
             .chain(self.pods.values().filter_map(|p| p.ended))
             .map(|t| t + grace)
+            .filter(|t| *t > now)
             .min()
     }
 

@@ -265,9 +265,11 @@ fn only_pending_and_running_pods_own_ips_and_finished_ones_expire_after_grace() 
     s.apply_pod(Event::Apply(pod(&job)), at(100));
     let (snap, _) = s.snapshot(at(150));
     assert_eq!(who(&snap, "10.0.3.3", at(90)).1, "report-29371440-abcde");
-    assert_eq!(s.next_expiry(), Some(at(220)));
+    assert_eq!(s.next_expiry(at(150)), Some(at(220)));
     let (snap, _) = s.snapshot(at(221));
     assert_eq!(who(&snap, "10.0.3.3", at(90)).0, EndpointKind::External);
+    // Nothing left to expire: the driver must not keep republishing.
+    assert_eq!(s.next_expiry(at(221)), None);
 
     // A Pending pod with an IP owns it.
     let mut pending = base("starting", "node-a", &["10.0.3.4"], 200);
