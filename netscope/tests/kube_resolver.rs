@@ -410,7 +410,12 @@ async fn a_dropped_watch_resumes_and_a_410_forces_a_relist() {
     })
     .await;
     let bookmark = api.bookmark();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the pod bookmark to be sent", || {
+        api.bookmarks_sent(Resource::Pods).contains(&bookmark)
+    })
+    .await;
+    // Give the client a moment to read it before the connection is cut.
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The connection drops; a pod is added while the client is away.
     api.drop_watches();

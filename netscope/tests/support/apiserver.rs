@@ -101,6 +101,8 @@ struct Store {
     expire_gen: u64,
     bookmark_gen: u64,
     requests: Vec<Request>,
+    /// Bookmarks written to watch streams: (kind, resourceVersion).
+    bookmarks_sent: Vec<(Resource, u64)>,
     service_cidr_api: ServiceCidrApi,
 }
 
@@ -235,6 +237,16 @@ impl ApiServer {
         let mut s = self.lock();
         s.bookmark_gen += 1;
         s.rv
+    }
+
+    /// Bookmarks written so far to `resource` watches.
+    pub fn bookmarks_sent(&self, resource: Resource) -> Vec<u64> {
+        self.lock()
+            .bookmarks_sent
+            .iter()
+            .filter(|(r, _)| *r == resource)
+            .map(|(_, rv)| *rv)
+            .collect()
     }
 
     /// The current resourceVersion.
@@ -463,6 +475,17 @@ async fn serve_watch(
         };
         for event in &events {
             write_chunk(stream, event).await?;
+            if event["type"] == "BOOKMARK" {
+                let rv = event["object"]["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                store
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .bookmarks_sent
+                    .push((resource, rv));
+            }
         }
         if expired {
             stream.write_all(b"0\r\n\r\n").await?;

@@ -438,9 +438,9 @@ impl KubeIndex {
 
     // ---- nodes ----
 
-    /// Applies a node watcher event received at `now`.
-    pub fn apply_node(&mut self, event: Event<Node>, now: SystemTime) {
-        let _ = now;
+    /// Applies a node watcher event. Nodes carry no time-dependent facts;
+    /// the time parameter keeps the appliers alike.
+    pub fn apply_node(&mut self, event: Event<Node>, _now: SystemTime) {
         match event {
             Event::Init => self.relist.entry(Kind::Node).or_default().init(),
             Event::InitApply(node) => {
@@ -535,9 +535,8 @@ impl KubeIndex {
 
     // ---- services ----
 
-    /// Applies a Service watcher event received at `now`.
-    pub fn apply_service(&mut self, event: Event<Service>, now: SystemTime) {
-        let _ = now;
+    /// Applies a Service watcher event (the time is not needed).
+    pub fn apply_service(&mut self, event: Event<Service>, _now: SystemTime) {
         match event {
             Event::Init => self.relist.entry(Kind::Service).or_default().init(),
             Event::InitApply(svc) => {
@@ -612,9 +611,8 @@ impl KubeIndex {
 
     // ---- Service CIDRs ----
 
-    /// Applies a ServiceCIDR watcher event received at `now`.
-    pub fn apply_service_cidr(&mut self, event: Event<ServiceCIDR>, now: SystemTime) {
-        let _ = now;
+    /// Applies a ServiceCIDR watcher event (the time is not needed).
+    pub fn apply_service_cidr(&mut self, event: Event<ServiceCIDR>, _now: SystemTime) {
         let cidrs_of = |c: &ServiceCIDR| -> Vec<IpPrefix> {
             c.spec
                 .as_ref()
