@@ -78,7 +78,12 @@ pub trait Resolver: Send + Sync {
     /// (static, custom). Before that, `resolve` may answer `external` for
     /// addresses it will know a moment later, so a caller may hold back or
     /// mark results until this turns true. Once true it stays true.
-    fn is_synced(&self) -> bool;
+    ///
+    /// The default, `true`, suits backends that are complete once built
+    /// (a file loaded at construction, a table filled in code).
+    fn is_synced(&self) -> bool {
+        true
+    }
 
     /// The cluster's Service CIDRs as this backend knows them (from the
     /// ServiceCIDR API or configuration). Empty when unknown. The agent hands
