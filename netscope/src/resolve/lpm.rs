@@ -359,7 +359,7 @@ impl<V> PrefixTable<V> {
     }
 }
 
-/// Convenience for building tests and configuration: `"10.0.0.0/8"`.
+// Lenient parsing for flags and configuration, and the two default routes.
 impl IpPrefix {
     /// Parses `s`, also accepting a bare address as a host prefix.
     ///
