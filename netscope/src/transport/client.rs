@@ -97,7 +97,8 @@ pub struct GrpcSink {
 }
 
 impl GrpcSink {
-    /// A sink for `config`. Does not connect yet.
+    /// A sink for `config`. Does not connect yet. Must be called within a
+    /// Tokio runtime.
     ///
     /// # Errors
     /// [`ClientError`] for a bad endpoint or bad TLS material.

@@ -68,6 +68,10 @@ pub struct ServerConfig {
     /// Serve gRPC reflection (v1 and v1alpha), so `grpcurl` needs no
     /// `.proto` file.
     pub reflection: bool,
+    /// After the shutdown signal, how long in-flight requests may take
+    /// before the server stops anyway (a peer that never closes its
+    /// connection must not hold the process).
+    pub shutdown_grace: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +81,7 @@ impl Default for ServerConfig {
             limits: ValidationLimits::default(),
             tls: None,
             reflection: true,
+            shutdown_grace: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -348,7 +353,7 @@ pub fn routes(
 
 /// Serves gRPC and HTTP on `listener` until `shutdown` resolves, then lets
 /// in-flight requests finish (so every counted report is also
-/// acknowledged).
+/// acknowledged), for at most `shutdown_grace`.
 ///
 /// # Errors
 /// [`ServeError`] for bad TLS material or a failing server.
@@ -380,9 +385,26 @@ where
         })?;
     }
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    builder
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    let server = builder
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|source| ServeError::Serve { addr, source })
+        .serve_with_incoming_shutdown(incoming, signal);
+    let grace = config.shutdown_grace;
+    tokio::select! {
+        res = server => res.map_err(|source| ServeError::Serve { addr, source }),
+        _ = async {
+            if stopping_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            warn!(?grace, "connections still open after the shutdown grace period; stopping anyway");
+            Ok(())
+        }
+    }
 }
