@@ -1,5 +1,6 @@
 //! Bad reports through a raw gRPC client: each is rejected with the promised
 //! code, counted and logged, and the server keeps serving good reports.
+#![cfg(feature = "grpc")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Round trip and exactly-once delivery over real gRPC on loopback: reporters
 //! with fake collectors against the real tonic server.
+#![cfg(feature = "grpc")]
 
 mod common;
 

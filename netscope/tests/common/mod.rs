@@ -3,11 +3,15 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
+#[cfg(feature = "grpc")]
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+#[cfg(feature = "grpc")]
 use std::time::Duration;
 
 use netscope::aggregate::DedupConfig;
+#[cfg(feature = "grpc")]
 use netscope::transport::server::{serve, HttpEndpoints, ServerConfig};
 use netscope::{
     Aggregator, CollectError, Collector, Counters, Direction, Drain, Exporter, FlowKey, FlowSample,
@@ -130,12 +134,14 @@ pub fn cluster() -> MemoryResolver {
 }
 
 /// A running aggregator on loopback.
+#[cfg(feature = "grpc")]
 pub struct Harness {
     pub addr: SocketAddr,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
 }
 
+#[cfg(feature = "grpc")]
 impl Harness {
     /// Serves `aggregator` on `addr` (port 0 for any).
     pub async fn start(
