@@ -521,3 +521,13 @@ mod tests {
         assert_eq!(out[0].key.dst, ip("10.96.0.10"));
     }
 }
+
+#[cfg(all(test, target_os = "linux", feature = "conntrack", feature = "grpc"))]
+mod send_check {
+    /// The agent spawns the reporter, so its NAT transform must be `Send`.
+    #[test]
+    fn netlink_service_nat_is_a_sample_transform() {
+        fn is_transform<T: crate::report::SampleTransform + Send + 'static>() {}
+        is_transform::<super::ServiceNat<super::NetlinkConntrack>>();
+    }
+}

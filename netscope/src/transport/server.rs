@@ -142,7 +142,7 @@ fn reject(reason: &'static str, peer: Option<SocketAddr>, detail: &dyn std::fmt:
     metrics::counter!("netscope_aggregator_rejected_reports_total", "reason" => reason)
         .increment(1);
     match peer {
-        Some(p) => warn!(%p, reason, %detail, "rejected a report"),
+        Some(peer) => warn!(%peer, reason, %detail, "rejected a report"),
         None => warn!(reason, %detail, "rejected a report"),
     }
 }
