@@ -293,22 +293,14 @@ fn rewrite_status(resp: &mut http::Response<Body>, max: usize, peer: Option<Sock
     }
 }
 
-/// Builds every route of the port: `netscope.v1.FlowService`, reflection if
-/// enabled, `/metrics`, `/healthz`, `/readyz`.
-///
-/// # Errors
-/// [`ServeError::Reflection`] when the embedded descriptors do not load.
-pub fn routes(
-    sink: Arc<dyn IngestSink>,
-    config: &ServerConfig,
-    http_endpoints: HttpEndpoints,
-) -> Result<tonic::service::Routes, ServeError> {
+/// The HTTP routes alone: `/metrics`, `/healthz`, `/readyz`.
+pub fn http_router(http_endpoints: HttpEndpoints) -> axum::Router {
     use axum::http::StatusCode;
     use axum::routing::get;
 
     let metrics = http_endpoints.metrics.clone();
     let ready = http_endpoints.ready.clone();
-    let router = axum::Router::new()
+    axum::Router::new()
         .route(
             "/metrics",
             get(move || {
@@ -334,7 +326,45 @@ pub fn routes(
                     }
                 }
             }),
-        );
+        )
+}
+
+/// Serves only the HTTP routes (an agent's `--debug-addr`) until `shutdown`
+/// resolves.
+///
+/// # Errors
+/// [`ServeError::Serve`] when the server fails.
+pub async fn serve_http<F>(
+    listener: tokio::net::TcpListener,
+    http_endpoints: HttpEndpoints,
+    shutdown: F,
+) -> Result<(), ServeError>
+where
+    F: Future<Output = ()> + Send,
+{
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| String::from("?"), |a| a.to_string());
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(http_router(http_endpoints)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|source| ServeError::Serve { addr, source })
+}
+
+/// Builds every route of the port: `netscope.v1.FlowService`, reflection if
+/// enabled, `/metrics`, `/healthz`, `/readyz`.
+///
+/// # Errors
+/// [`ServeError::Reflection`] when the embedded descriptors do not load.
+pub fn routes(
+    sink: Arc<dyn IngestSink>,
+    config: &ServerConfig,
+    http_endpoints: HttpEndpoints,
+) -> Result<tonic::service::Routes, ServeError> {
+    let router = http_router(http_endpoints);
     let flow = FlowServer::new(sink, config.limits, config.max_message_bytes).into_service();
     let mut routes = tonic::service::Routes::from(router).add_service(flow);
     if config.reflection {
