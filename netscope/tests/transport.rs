@@ -412,3 +412,74 @@ async fn agent_restart_gets_a_new_instance_and_counts_once() {
     assert_eq!(exporter.total(), want, "both runs counted, each once");
     server.stop().await;
 }
+
+/// Forwards to a real sink and sums what was acknowledged, overflow included.
+struct Recording {
+    inner: GrpcSink,
+    acked: std::sync::Mutex<(Counters, u64)>,
+}
+
+impl ReportSink for Recording {
+    fn send<'a>(
+        &'a self,
+        report: &'a Report,
+    ) -> Pin<Box<dyn Future<Output = Result<Ack, SendError>> + Send + 'a>> {
+        Box::pin(async move {
+            let ack = self.inner.send(report).await?;
+            if !ack.duplicate {
+                let mut a = self.acked.lock().expect("acked");
+                a.0 += report.total();
+                a.1 += report.folded_flows;
+            }
+            Ok(ack)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_buffer_folds_excess_into_overflow_without_losing_bytes() {
+    let exporter = Arc::new(CountingExporter::default());
+    // No aggregator yet: everything piles up in the buffer.
+    let addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let collector = FakeCollector::new(counted_flows(3, 40), 6);
+    let generated = collector.generated.clone();
+    let sink = Arc::new(Recording {
+        inner: grpc_sink(addr),
+        acked: std::sync::Mutex::new((Counters::default(), 0)),
+    });
+    struct Shared(Arc<Recording>);
+    impl ReportSink for Shared {
+        fn send<'a>(
+            &'a self,
+            report: &'a Report,
+        ) -> Pin<Box<dyn Future<Output = Result<Ack, SendError>> + Send + 'a>> {
+            self.0.send(report)
+        }
+    }
+    let mut config = reporter_config("node-a", 40);
+    config.max_buffered_flows = 10;
+    let reporter = Reporter::new(config, Box::new(collector), Box::new(Shared(sink.clone())));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(reporter.run(async {
+        let _ = rx.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let server = Harness::start(addr, aggregator(exporter.clone()), ServerConfig::default()).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _ = tx.send(());
+    let summary = task.await.expect("reporter");
+    assert!(summary.unsent.is_zero(), "{summary:?}");
+    let want = sum(&generated.lock().expect("generated"));
+    let (acked, folded) = *sink.acked.lock().expect("acked");
+    assert_eq!(acked, want, "every byte delivered, flows or overflow");
+    assert!(folded >= 30, "the 10-flow bound folded only {folded} flows");
+    let counted = exporter.total();
+    assert!(
+        counted.bytes < want.bytes,
+        "folded bytes cannot have flow identity"
+    );
+    server.stop().await;
+}

@@ -192,7 +192,7 @@ impl Reporter {
     /// previous drain to `now`. A collector error is logged and counted; the
     /// counters stay in the kernel for the next drain.
     pub fn drain_once(&mut self, now: SystemTime) {
-        let drain = match self.collector.drain() {
+        let mut drain = match self.collector.drain() {
             Ok(d) => d,
             Err(e) => {
                 metrics::counter!("netscope_agent_drain_errors_total").increment(1);
@@ -200,7 +200,6 @@ impl Reporter {
                 return;
             }
         };
-        let mut drain = drain;
         metrics::counter!("netscope_agent_flows_drained_total")
             .increment(drain.samples.len() as u64);
         if !drain.overflow.is_zero() {
