@@ -379,3 +379,54 @@ impl Reporter {
         self.summary
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::{CollectError, Drain};
+
+    struct Nothing;
+    impl Collector for Nothing {
+        fn drain(&mut self) -> Result<Drain, CollectError> {
+            Ok(Drain::default())
+        }
+    }
+    struct Down;
+    impl ReportSink for Down {
+        fn send<'a>(
+            &'a self,
+            report: &'a Report,
+        ) -> Pin<Box<dyn Future<Output = Result<Ack, SendError>> + Send + 'a>> {
+            let seq = report.seq;
+            Box::pin(async move {
+                Err(SendError::Rpc {
+                    endpoint: "down".into(),
+                    seq,
+                    source: tonic::Status::unavailable("down"),
+                })
+            })
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let mut c = ReporterConfig::new("n");
+        c.backoff_initial = Duration::from_millis(100);
+        c.backoff_max = Duration::from_secs(2);
+        let mut r = Reporter::new(c, Box::new(Nothing), Box::new(Down));
+        for failures in 1..=12u32 {
+            r.failures_in_a_row = failures;
+            let step = Duration::from_millis(100)
+                .saturating_mul(1 << (failures - 1).min(20))
+                .min(Duration::from_secs(2));
+            for _ in 0..20 {
+                let d = r.backoff();
+                assert!(
+                    d >= step / 2 && d <= step,
+                    "failure {failures}: {d:?} outside [{:?}, {step:?}]",
+                    step / 2
+                );
+            }
+        }
+    }
+}
