@@ -10,6 +10,11 @@
 //! - [`Resolver`]: turns an IP address into a named [`Endpoint`].
 //! - [`Exporter`]: consumes resolved, deduplicated flows.
 //!
+//! Around them: [`report`] (the agent's exactly-once reporter), [`nat`]
+//! (undoing Service NAT through conntrack), [`aggregate`] (counting each
+//! byte once) and, with the `grpc` feature, `transport` (the `netscope.v1`
+//! gRPC protocol, client and server).
+//!
 //! Everything that needs clang, libbpf or `unsafe` lives in the
 //! `netscope-bpf` crate; this crate builds and tests without either.
 #![warn(missing_docs)]

@@ -4,7 +4,7 @@
 //! - [`convert`]: [`Report`](crate::report::Report) <-> protobuf, with
 //!   validation of everything that comes off the wire.
 //! - [`server`]: the aggregator side: a tonic service that hands validated
-//!   reports to an [`IngestSink`](server::IngestSink), plus HTTP endpoints on
+//!   reports to an [`IngestSink`](crate::aggregate::IngestSink), plus HTTP endpoints on
 //!   the same port.
 //! - [`client`]: the agent side: [`GrpcSink`](client::GrpcSink), a
 //!   [`ReportSink`](crate::report::ReportSink) over a tonic channel.
