@@ -10,17 +10,28 @@
 //! - [`Resolver`]: turns an IP address into a named [`Endpoint`].
 //! - [`Exporter`]: consumes resolved, deduplicated flows.
 //!
+//! Around them: [`report`] (the agent's exactly-once reporter), [`nat`]
+//! (undoing Service NAT through conntrack), [`aggregate`] (counting each
+//! byte once) and, with the `grpc` feature, `transport` (the `netscope.v1`
+//! gRPC protocol, client and server).
+//!
 //! Everything that needs clang, libbpf or `unsafe` lives in the
 //! `netscope-bpf` crate; this crate builds and tests without either.
 #![warn(missing_docs)]
 
+pub mod aggregate;
 pub mod attach;
 pub mod collect;
 pub mod discover;
 pub mod endpoint;
 pub mod export;
 pub mod flow;
+pub mod nat;
+pub mod report;
 pub mod resolve;
+pub mod resolve_memory;
+#[cfg(feature = "grpc")]
+pub mod transport;
 
 pub use attach::{AttachError, AttachMode, Attacher, Attachment, Interface};
 pub use collect::{CollectError, Collector, Drain};
@@ -28,3 +39,7 @@ pub use endpoint::{Endpoint, EndpointKind, WorkloadKind};
 pub use export::{Exporter, ResolvedFlow};
 pub use flow::{Counters, Direction, FlowKey, FlowSample, L4};
 pub use resolve::Resolver;
+
+pub use aggregate::{Aggregator, IngestSink};
+pub use report::{InstanceId, Report, ReportBuffer};
+pub use resolve_memory::MemoryResolver;

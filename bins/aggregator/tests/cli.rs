@@ -1,0 +1,212 @@
+//! The binary as a user meets it: --help, bad flags, and a smoke run that
+//! takes a report over gRPC and shows it in /metrics on the same port.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use netscope::report::ReportSink;
+use netscope::transport::client::{ClientConfig, GrpcSink};
+use netscope::{Counters, Direction, FlowKey, FlowSample, InstanceId, Report};
+
+const BIN: &str = env!("CARGO_BIN_EXE_netscope-aggregator");
+
+#[test]
+fn help_lists_every_flag_with_defaults() {
+    let out = Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    assert!(out.status.success(), "--help failed: {out:?}");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen-addr",
+        "--topology",
+        "--custom-endpoints",
+        "--kubeconfig",
+        "--max-message-bytes",
+        "--dedup-idle-ttl-secs",
+        "--tls-cert",
+        "--tls-key",
+        "--tls-client-ca",
+        "--no-reflection",
+        "--verbosity",
+        "-v",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+    for default in [
+        "[default: :8080]",
+        "[default: 16777216]",
+        "[default: 21600]",
+        "[default: 0]",
+    ] {
+        assert!(help.contains(default), "--help lacks {default}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_flag_values_fail_clearly() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--listen-addr", "nowhere"], "--listen-addr"),
+        (&["-v", "9"], "--verbosity"),
+        (&["--max-message-bytes", "lots"], "--max-message-bytes"),
+        (&["--tls-cert", "/tmp/x.pem"], "--tls-key"),
+        (
+            &["--topology", "/nonexistent/topology.yaml"],
+            "/nonexistent/topology.yaml",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(BIN)
+            .args(args)
+            .output()
+            .expect("run the binary");
+        assert!(!out.status.success(), "{args:?} exited 0");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(want),
+            "{args:?}: stderr does not mention {want}:\n{err}"
+        );
+    }
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr")
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn serves_grpc_and_http_on_one_port() {
+    let dir = std::env::temp_dir().join(format!("netscope-agg-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let topo = dir.join("topology.yaml");
+    std::fs::write(
+        &topo,
+        "nodes:\n  - {name: node-a, zone: zone-1, ips: [192.168.0.1]}\npods:\n  - {name: a1, namespace: default, node: node-a, ips: [10.0.1.1]}\n",
+    )
+    .expect("write topology");
+    let addr = free_port();
+    let child = Command::new(BIN)
+        .args(["--listen-addr", &addr.to_string(), "--topology"])
+        .arg(&topo)
+        .args(["-v", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the aggregator");
+    let mut child = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(r) = http_get(addr, "/healthz") {
+            assert!(r.starts_with("HTTP/1.1 200"), "healthz: {r}");
+            break;
+        }
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.0.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("the aggregator exited early ({status}):\n{err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the aggregator did not come up on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ready = http_get(addr, "/readyz").expect("readyz");
+    assert!(ready.starts_with("HTTP/1.1 200"), "readyz: {ready}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let report = Report {
+        node: "node-a".into(),
+        instance: InstanceId::random(),
+        seq: 1,
+        window_start: SystemTime::now(),
+        window_end: SystemTime::now(),
+        samples: vec![FlowSample {
+            key: FlowKey::new(
+                "10.0.1.1".parse().expect("addr"),
+                "8.8.8.8".parse().expect("addr"),
+                Direction::FromPod,
+            ),
+            counters: Counters::new(1500, 1),
+        }],
+        overflow: Counters::default(),
+        folded_flows: 0,
+    };
+    let _rt_guard = rt.enter();
+    let sink = GrpcSink::new(&ClientConfig::new(addr.to_string())).expect("client");
+    let ack = rt
+        .block_on(sink.send(&report))
+        .expect("report acknowledged");
+    assert!(!ack.duplicate);
+    let again = rt
+        .block_on(sink.send(&report))
+        .expect("replay acknowledged");
+    assert!(again.duplicate, "a replay was counted");
+
+    let metrics = http_get(addr, "/metrics").expect("metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "metrics: {metrics}");
+    assert!(
+        metrics.contains("netscope_aggregator_reports_total{result=\"counted\"} 1"),
+        "metrics lack the counted report:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("netscope_aggregator_reports_total{result=\"replay\"} 1"),
+        "metrics lack the replay:\n{metrics}"
+    );
+
+    // SIGTERM: a clean stop (with the client gone; a client that stays is
+    // cut after the grace period).
+    drop(sink);
+    drop(_rt_guard);
+    drop(rt);
+    let pid = child.0.id().to_string();
+    let st = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            assert!(status.success(), "exit after SIGTERM: {status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(
+        err.contains("Received traffic data"),
+        "no debug log per report at -v 2:\n{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,432 @@
+//! The async driver: drain, transform (Service NAT), buffer, send, retry.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use super::{random_u64, InstanceId, Report, ReportBuffer};
+use crate::collect::Collector;
+use crate::flow::{Counters, FlowSample};
+
+/// The aggregator's acknowledgement of one report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// The acknowledged sequence number.
+    pub seq: u64,
+    /// True when the aggregator had counted this report before.
+    pub duplicate: bool,
+}
+
+/// Errors from sending one report.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The RPC failed (aggregator down, rejected, deadline exceeded, ...).
+    #[error("report {seq} to {endpoint} failed")]
+    Rpc {
+        /// Where the report went.
+        endpoint: String,
+        /// Sequence number of the report.
+        seq: u64,
+        /// The gRPC status.
+        #[source]
+        source: tonic::Status,
+    },
+    /// The aggregator acknowledged a different sequence number.
+    #[error("report {seq} to {endpoint} was acknowledged as {acked}")]
+    AckMismatch {
+        /// Where the report went.
+        endpoint: String,
+        /// Sequence number sent.
+        seq: u64,
+        /// Sequence number acknowledged.
+        acked: u64,
+    },
+}
+
+impl SendError {
+    /// True when retrying the same report cannot succeed: the aggregator
+    /// rejected its content (`InvalidArgument`) or its size
+    /// (`ResourceExhausted`).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SendError::Rpc { source, .. } => matches!(
+                source.code(),
+                tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted
+            ),
+            SendError::AckMismatch { .. } => false,
+        }
+    }
+}
+
+/// Where reports go: the gRPC client
+/// ([`GrpcSink`](crate::transport::client::GrpcSink)), or anything else
+/// (an in-process aggregator in tests and benchmarks).
+pub trait ReportSink: Send + Sync {
+    /// Delivers one report and waits for its acknowledgement.
+    ///
+    /// # Errors
+    /// [`SendError`] when the report was not acknowledged. It may still have
+    /// been counted; the caller retries the same report.
+    fn send<'a>(
+        &'a self,
+        report: &'a Report,
+    ) -> Pin<Box<dyn Future<Output = Result<Ack, SendError>> + Send + 'a>>;
+}
+
+/// Rewrites drained samples before they are buffered: the agent's Service
+/// NAT resolution ([`crate::nat::ServiceNat`]) plugs in here.
+pub trait SampleTransform: Send {
+    /// Returns the rewritten samples. Must keep every byte.
+    fn transform(&mut self, samples: Vec<FlowSample>) -> Vec<FlowSample>;
+}
+
+/// Settings of a [`Reporter`].
+#[derive(Debug, Clone)]
+pub struct ReporterConfig {
+    /// Node name put into every report.
+    pub node_name: String,
+    /// How often to drain the collector.
+    pub interval: Duration,
+    /// Bound of the pending set (and so of each report), in flows.
+    pub max_buffered_flows: usize,
+    /// First retry delay after a failed send.
+    pub backoff_initial: Duration,
+    /// Largest retry delay.
+    pub backoff_max: Duration,
+    /// At shutdown, how long to keep trying to deliver what is buffered.
+    pub shutdown_flush_timeout: Duration,
+}
+
+impl ReporterConfig {
+    /// Defaults for `node_name`: a 10 s interval, 50 000 buffered flows,
+    /// backoff from 200 ms to 10 s, a 5 s flush at shutdown.
+    pub fn new(node_name: impl Into<String>) -> Self {
+        ReporterConfig {
+            node_name: node_name.into(),
+            interval: Duration::from_secs(10),
+            max_buffered_flows: 50_000,
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+            shutdown_flush_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a [`Reporter`] did over its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReporterSummary {
+    /// Reports acknowledged.
+    pub reports_acked: u64,
+    /// Failed send attempts.
+    pub send_failures: u64,
+    /// Bytes and packets the aggregator rejected for good.
+    pub rejected: Counters,
+    /// Bytes and packets still buffered when the reporter stopped (the
+    /// aggregator stayed away through the shutdown flush).
+    pub unsent: Counters,
+}
+
+/// Drains a [`Collector`] every interval and delivers the counters through a
+/// [`ReportSink`], exactly once, with retries, backoff and jitter.
+pub struct Reporter {
+    config: ReporterConfig,
+    collector: Box<dyn Collector>,
+    sink: Box<dyn ReportSink>,
+    transform: Option<Box<dyn SampleTransform>>,
+    buffer: ReportBuffer,
+    last_drain: SystemTime,
+    failures_in_a_row: u32,
+    summary: ReporterSummary,
+}
+
+impl Reporter {
+    /// A reporter with a fresh [`InstanceId`]. The first window starts now.
+    pub fn new(
+        config: ReporterConfig,
+        collector: Box<dyn Collector>,
+        sink: Box<dyn ReportSink>,
+    ) -> Self {
+        let buffer = ReportBuffer::new(
+            config.node_name.clone(),
+            InstanceId::random(),
+            config.max_buffered_flows,
+        );
+        info!(
+            node = %config.node_name,
+            instance = %buffer.instance(),
+            "reporter started with a fresh instance id"
+        );
+        Reporter {
+            config,
+            collector,
+            sink,
+            transform: None,
+            buffer,
+            last_drain: SystemTime::now(),
+            failures_in_a_row: 0,
+            summary: ReporterSummary::default(),
+        }
+    }
+
+    /// Adds a sample transform (Service NAT resolution) run on every drain.
+    pub fn with_transform(mut self, transform: Box<dyn SampleTransform>) -> Self {
+        self.transform = Some(transform);
+        self
+    }
+
+    /// This run's instance id.
+    pub fn instance_id(&self) -> InstanceId {
+        self.buffer.instance()
+    }
+
+    /// The buffer, for inspection.
+    pub fn buffer(&self) -> &ReportBuffer {
+        &self.buffer
+    }
+
+    /// Drains the collector once into the buffer, for the window from the
+    /// previous drain to `now`. A collector error is logged and counted; the
+    /// counters stay in the kernel for the next drain.
+    pub fn drain_once(&mut self, now: SystemTime) {
+        let mut drain = match self.collector.drain() {
+            Ok(d) => d,
+            Err(e) => {
+                metrics::counter!("netscope_agent_drain_errors_total").increment(1);
+                warn!(error = %e, "draining the collector failed; retrying next interval");
+                return;
+            }
+        };
+        metrics::counter!("netscope_agent_flows_drained_total")
+            .increment(drain.samples.len() as u64);
+        if !drain.overflow.is_zero() {
+            metrics::counter!("netscope_agent_overflow_bytes_total")
+                .increment(drain.overflow.bytes);
+            metrics::counter!("netscope_agent_overflow_packets_total")
+                .increment(drain.overflow.packets);
+        }
+        if let Some(t) = self.transform.as_mut() {
+            drain.samples = t.transform(std::mem::take(&mut drain.samples));
+        }
+        let start = self.last_drain;
+        self.last_drain = now;
+        let out = self.buffer.add(drain, start, now);
+        if out.folded_flows > 0 {
+            metrics::counter!("netscope_agent_report_folded_flows_total")
+                .increment(out.folded_flows);
+            metrics::counter!("netscope_agent_report_folded_bytes_total")
+                .increment(out.folded.bytes);
+            warn!(
+                flows = out.folded_flows,
+                bytes = out.folded.bytes,
+                max = self.config.max_buffered_flows,
+                "report buffer full: flows folded into overflow (bytes kept, identity lost)"
+            );
+        }
+        metrics::gauge!("netscope_agent_buffered_flows").set(self.buffer.buffered_flows() as f64);
+    }
+
+    /// Sends what is due (the in-flight report, or the pending set as a new
+    /// report) once. Returns `Ok(true)` when a report was acknowledged,
+    /// `Ok(false)` when there was nothing to send.
+    ///
+    /// # Errors
+    /// [`SendError`] when the report was not acknowledged; it stays in flight
+    /// unless the error [is permanent](SendError::is_permanent), in which case
+    /// it is dropped, logged and counted.
+    pub async fn send_once(&mut self) -> Result<bool, SendError> {
+        let Some(report) = self.buffer.next_report() else {
+            return Ok(false);
+        };
+        let started = std::time::Instant::now();
+        let res = self.sink.send(report).await;
+        let seq = report.seq;
+        let samples = report.samples.len();
+        metrics::histogram!("netscope_agent_report_latency_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match res {
+            Ok(ack) if ack.seq == seq => {
+                self.buffer.acknowledge(seq);
+                self.failures_in_a_row = 0;
+                self.summary.reports_acked += 1;
+                metrics::counter!("netscope_agent_reports_sent_total").increment(1);
+                metrics::gauge!("netscope_agent_buffered_flows")
+                    .set(self.buffer.buffered_flows() as f64);
+                debug!(seq, samples, duplicate = ack.duplicate, "Sent traffic data");
+                Ok(true)
+            }
+            Ok(ack) => {
+                self.note_failure();
+                Err(SendError::AckMismatch {
+                    endpoint: String::from("sink"),
+                    seq,
+                    acked: ack.seq,
+                })
+            }
+            Err(e) => {
+                self.note_failure();
+                if e.is_permanent() {
+                    if let Some(lost) = self.buffer.discard_in_flight() {
+                        let t = lost.total();
+                        self.summary.rejected += t;
+                        metrics::counter!("netscope_agent_reports_rejected_total").increment(1);
+                        metrics::counter!("netscope_agent_rejected_bytes_total").increment(t.bytes);
+                        error!(
+                            seq,
+                            bytes = t.bytes,
+                            error = %e,
+                            "the aggregator rejected a report for good; its bytes are lost"
+                        );
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn note_failure(&mut self) {
+        self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+        self.summary.send_failures += 1;
+        metrics::counter!("netscope_agent_reports_failed_total").increment(1);
+    }
+
+    /// The delay before the next retry: exponential from
+    /// `backoff_initial`, capped at `backoff_max`, with jitter (a random
+    /// point in the upper half).
+    fn backoff(&self) -> Duration {
+        let exp = self.failures_in_a_row.saturating_sub(1).min(20);
+        let base = self
+            .config
+            .backoff_initial
+            .saturating_mul(1u32 << exp)
+            .min(self.config.backoff_max);
+        let half = base / 2;
+        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        let jitter = if nanos == 0 { 0 } else { random_u64() % nanos };
+        half + Duration::from_nanos(jitter)
+    }
+
+    /// Runs until `shutdown` resolves: drains every interval, sends, retries
+    /// with backoff. At shutdown it drains one last time and keeps trying to
+    /// deliver for up to `shutdown_flush_timeout`; what is still buffered
+    /// then is logged as an error and returned in the summary.
+    pub async fn run<F>(mut self, shutdown: F) -> ReporterSummary
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let interval = self.config.interval.max(Duration::from_millis(1));
+        let mut next_drain = Instant::now() + interval;
+        let mut send_at: Option<Instant> = None;
+        loop {
+            let wake = send_at.map_or(next_drain, |s| s.min(next_drain));
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = &mut shutdown => break,
+            }
+            let now = Instant::now();
+            if now >= next_drain {
+                self.drain_once(SystemTime::now());
+                while next_drain <= now {
+                    next_drain += interval;
+                }
+                send_at.get_or_insert(now);
+            }
+            if send_at.is_some_and(|s| s <= now) {
+                send_at = match self.send_once().await {
+                    Ok(_) if self.buffer.has_unacknowledged() => Some(Instant::now()),
+                    Ok(_) => None,
+                    Err(e) => {
+                        let delay = self.backoff();
+                        warn!(error = %e, retry_in = ?delay, "report not acknowledged; will retry");
+                        Some(Instant::now() + delay)
+                    }
+                };
+            }
+        }
+        self.flush().await
+    }
+
+    /// Final drain and delivery attempts, bounded by `shutdown_flush_timeout`.
+    async fn flush(mut self) -> ReporterSummary {
+        self.drain_once(SystemTime::now());
+        let deadline = Instant::now() + self.config.shutdown_flush_timeout;
+        while self.buffer.has_unacknowledged() && Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.send_once()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    let delay = self
+                        .backoff()
+                        .min(deadline.saturating_duration_since(Instant::now()));
+                    debug!(error = %e, "final report not acknowledged; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(_) => break,
+            }
+        }
+        self.summary.unsent = self.buffer.buffered_totals();
+        if !self.summary.unsent.is_zero() {
+            error!(
+                bytes = self.summary.unsent.bytes,
+                packets = self.summary.unsent.packets,
+                "stopping with unacknowledged counters: the aggregator stayed away"
+            );
+        }
+        self.summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::{CollectError, Drain};
+
+    struct Nothing;
+    impl Collector for Nothing {
+        fn drain(&mut self) -> Result<Drain, CollectError> {
+            Ok(Drain::default())
+        }
+    }
+    struct Down;
+    impl ReportSink for Down {
+        fn send<'a>(
+            &'a self,
+            report: &'a Report,
+        ) -> Pin<Box<dyn Future<Output = Result<Ack, SendError>> + Send + 'a>> {
+            let seq = report.seq;
+            Box::pin(async move {
+                Err(SendError::Rpc {
+                    endpoint: "down".into(),
+                    seq,
+                    source: tonic::Status::unavailable("down"),
+                })
+            })
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let mut c = ReporterConfig::new("n");
+        c.backoff_initial = Duration::from_millis(100);
+        c.backoff_max = Duration::from_secs(2);
+        let mut r = Reporter::new(c, Box::new(Nothing), Box::new(Down));
+        for failures in 1..=12u32 {
+            r.failures_in_a_row = failures;
+            let step = Duration::from_millis(100)
+                .saturating_mul(1 << (failures - 1).min(20))
+                .min(Duration::from_secs(2));
+            for _ in 0..20 {
+                let d = r.backoff();
+                assert!(
+                    d >= step / 2 && d <= step,
+                    "failure {failures}: {d:?} outside [{:?}, {step:?}]",
+                    step / 2
+                );
+            }
+        }
+    }
+}
