@@ -321,9 +321,11 @@ fn kernel61_auto_mode_falls_back_to_legacy_tc_and_counts_exactly() {
     );
 
     let boot = one("HOST_BOOT_SECONDS");
+    let init = one("UPTIME_AT_INIT");
     eprintln!(
         "kernel61: Linux {kernel}: verified_insns {insns:?} (budget {VERIFIER_BUDGET}), \
-         {} drains ({busy} with traffic), VM wall time {boot} s",
+         {} drains ({busy} with traffic), /init after {init} s of guest uptime, \
+         VM wall time {boot} s",
         summaries.len()
     );
 }
