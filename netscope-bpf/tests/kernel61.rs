@@ -8,16 +8,20 @@
 //!   legacy TC (netscope's cls_bpf filters are on both hooks);
 //! - every (src, dst, direction) is counted exactly against nftables'
 //!   forward counters, summed over several drains taken during traffic;
-//! - after SIGTERM no netscope filter is left.
+//! - after SIGTERM no netscope filter is left;
+//! - the `BPF_PROG_TEST_RUN` packet tests (tests/packets.rs, its real
+//!   harness copied into the VM) pass on 6.1.
 //!
 //! Needs qemu-system-x86_64, busybox-static, cpio, iproute2, nftables,
 //! ethtool and Debian's archive (`make deps`), and a built
 //! `capture_local` (`cargo build -p netscope-examples --example
-//! capture_local`; `make test` builds it). Fails when any of that is
-//! missing. `NETSCOPE_SKIP_VM=1` skips it, loudly.
+//! capture_local`) and packets harness (`cargo test -p netscope-bpf --test
+//! packets --no-run`); `make test-kernel61` builds both. Fails when any of
+//! that is missing. `NETSCOPE_SKIP_VM=1` skips it, loudly.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
@@ -56,6 +60,22 @@ fn report_lines(path: &std::path::Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The most recently built cargo test harness named `<prefix><hash>`.
+fn newest_test_binary(deps: &Path, prefix: &str) -> Option<PathBuf> {
+    std::fs::read_dir(deps)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(prefix)
+                && !name.contains('.')
+                && e.metadata()
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+}
+
 #[test]
 fn kernel61_auto_mode_falls_back_to_legacy_tc_and_counts_exactly() {
     if std::env::var("NETSCOPE_SKIP_VM").as_deref() == Ok("1") {
@@ -85,10 +105,20 @@ fn kernel61_auto_mode_falls_back_to_legacy_tc_and_counts_exactly() {
          (or set NETSCOPE_SKIP_VM=1 on machines that cannot run the VM)",
         bin.display()
     );
+    let packets = std::env::var_os("NETSCOPE_PACKETS_TEST")
+        .map(PathBuf::from)
+        .or_else(|| newest_test_binary(&profile_dir.join("deps"), "packets-"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no packets test binary in {}: build it with `cargo test -p netscope-bpf --test packets --no-run`",
+                profile_dir.join("deps").display()
+            )
+        });
     let out = profile_dir.join("kernel61");
     let status = Command::new("bash")
         .arg(root.join("tests/kernel61/run.sh"))
         .arg(&bin)
+        .arg(&packets)
         .env("K61_OUT", &out)
         .status()
         .expect("run tests/kernel61/run.sh");
@@ -320,12 +350,28 @@ fn kernel61_auto_mode_falls_back_to_legacy_tc_and_counts_exactly() {
         reference["b6a6"]
     );
 
+    // The BPF_PROG_TEST_RUN packet tests, run by their own harness in the VM.
+    let packets_out = all("PACKETS");
+    let summary = packets_out
+        .iter()
+        .find(|l| l.starts_with("test result:"))
+        .unwrap_or_else(|| panic!("no packet test summary:\n{}", packets_out.join("\n")));
+    assert!(
+        one("PACKETS_EXIT") == "0"
+            && summary.starts_with("test result: ok.")
+            && summary.contains(" 0 failed"),
+        "packet tests failed on 6.1:\n{}",
+        packets_out.join("\n")
+    );
+    let passed = packets_out.iter().filter(|l| l.ends_with("... ok")).count();
+    assert!(passed >= 10, "too few packet tests ran on 6.1: {summary}");
+
     let boot = one("HOST_BOOT_SECONDS");
     let init = one("UPTIME_AT_INIT");
     eprintln!(
         "kernel61: Linux {kernel}: verified_insns {insns:?} (budget {VERIFIER_BUDGET}), \
-         {} drains ({busy} with traffic), /init after {init} s of guest uptime, \
-         VM wall time {boot} s",
+         {} drains ({busy} with traffic), {passed} packet tests passed, \
+         /init after {init} s of guest uptime, VM wall time {boot} s",
         summaries.len()
     );
 }

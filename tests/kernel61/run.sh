@@ -8,8 +8,11 @@
 # $OUT/console.log. The assertions live in netscope-bpf/tests/kernel61.rs,
 # which calls this script; run it alone to debug the VM.
 #
-# Usage: tests/kernel61/run.sh [CAPTURE_LOCAL_BINARY]
+# Usage: tests/kernel61/run.sh [CAPTURE_LOCAL_BINARY [PACKETS_TEST_BINARY]]
 #   default binary: $CARGO_TARGET_DIR (or ./target)/debug/examples/capture_local
+#   PACKETS_TEST_BINARY: the built netscope-bpf/tests/packets.rs harness
+#   (target/debug/deps/packets-<hash>); when given, the VM also runs the
+#   BPF_PROG_TEST_RUN packet tests on 6.1.
 # Environment:
 #   K61_OUT       output directory (default: <target>/kernel61)
 #   K61_CACHE     kernel cache (default: <repo>/.tools/kernel61, gitignored)
@@ -27,6 +30,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
 bin=${1:-$target/debug/examples/capture_local}
+packets=${2:-}
 out=${K61_OUT:-$target/kernel61}
 cache=${K61_CACHE:-$repo/.tools/kernel61}
 timeout_s=${K61_TIMEOUT:-300}
@@ -45,6 +49,7 @@ for b in "${!vm_bins[@]}"; do [ -x "$b" ] || missing+=("$b (${vm_bins[$b]})"); d
 # ldd fails on a static binary: busybox must need no libraries in the VM.
 if ldd /bin/busybox >/dev/null 2>&1; then die "/bin/busybox is not the static build: install busybox-static"; fi
 [ -x "$bin" ] || die "no capture_local binary at $bin: run 'cargo build -p netscope-examples --example capture_local' first"
+[ -z "$packets" ] || [ -x "$packets" ] || die "no packet test binary at $packets"
 
 # 1. The kernel: the package linux-image-amd64 depends on, cached unpacked.
 pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
@@ -81,6 +86,11 @@ for b in ip tc nft ethtool; do copy_with_libs "/usr/sbin/$b" "/usr/sbin/$b"; don
 objcopy --strip-debug "$bin" "$out/capture_local"
 copy_with_libs "$out/capture_local" /netscope/capture_local
 rm -f "$out/capture_local"
+if [ -n "$packets" ]; then
+  objcopy --strip-debug "$packets" "$out/packets"
+  copy_with_libs "$out/packets" /netscope/packets
+  rm -f "$out/packets"
+fi
 install -m 0755 "$here/init" "$root/init"
 
 # Modules in load order, with their dependencies (read from .modinfo; the
