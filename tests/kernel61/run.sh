@@ -51,7 +51,8 @@ if ldd /bin/busybox >/dev/null 2>&1; then die "/bin/busybox is not the static bu
 [ -x "$bin" ] || die "no capture_local binary at $bin: run 'cargo build -p netscope-examples --example capture_local' first"
 [ -z "$packets" ] || [ -x "$packets" ] || die "no packet test binary at $packets"
 
-# 1. The kernel: the package linux-image-amd64 depends on, cached unpacked.
+# 1. The kernel: the package linux-image-amd64 depends on, cached unpacked
+# (dpkg-deb's data archive, partly).
 pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 [ -n "$pkg" ] || die "apt-cache knows no linux-image-amd64 (is this Debian bookworm with its main archive?)"
 kdir=$cache/$pkg
@@ -60,7 +61,13 @@ if [ ! -f "$kdir/.unpacked" ]; then
   rm -rf "$kdir" && mkdir -p "$kdir"
   # apt's sandbox user cannot write here; the warning about that is harmless.
   (cd "$kdir" && apt-get download -q "$pkg" 2>&1 | grep -v 'unsandboxed' >&2) || die "apt-get download $pkg failed"
-  dpkg-deb -x "$kdir"/*.deb "$kdir/root" || die "dpkg-deb -x failed"
+  # Only the kernel image and the module trees the VM can need (the whole
+  # package unpacks to 400 MB).
+  mkdir -p "$kdir/root"
+  dpkg-deb --fsys-tarfile "$kdir"/*.deb | tar -x -C "$kdir/root" --wildcards \
+    './boot/vmlinuz-*' './lib/modules/*/kernel/net/*' './lib/modules/*/kernel/lib/*' \
+    './lib/modules/*/kernel/crypto/*' './lib/modules/*/kernel/drivers/net/veth.ko' \
+    || die "unpacking $pkg failed"
   rm -f "$kdir"/*.deb
   touch "$kdir/.unpacked"
 fi
