@@ -54,13 +54,18 @@ if ldd /bin/busybox >/dev/null 2>&1; then die "/bin/busybox is not the static bu
 # 1. The kernel: the package linux-image-amd64 depends on, cached unpacked
 # (dpkg-deb's data archive, partly).
 pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-[ -n "$pkg" ] || die "apt-cache knows no linux-image-amd64 (is this Debian bookworm with its main archive?)"
+[ -n "$pkg" ] || die "apt-cache knows no linux-image-amd64: run 'apt-get update' (this needs Debian's main archive, e.g. bookworm)"
 kdir=$cache/$pkg
 if [ ! -f "$kdir/.unpacked" ]; then
   say "fetching $pkg (apt-get download; not installed)"
   rm -rf "$kdir" && mkdir -p "$kdir"
   # apt's sandbox user cannot write here; the warning about that is harmless.
-  (cd "$kdir" && apt-get download -q "$pkg" 2>&1 | grep -v 'unsandboxed' >&2) || die "apt-get download $pkg failed"
+  if ! (cd "$kdir" && apt-get download -q "$pkg") >"$kdir/download.log" 2>&1; then
+    cat "$kdir/download.log" >&2
+    die "apt-get download $pkg failed"
+  fi
+  grep -v 'unsandboxed' "$kdir/download.log" >&2 || true
+  rm -f "$kdir/download.log"
   # Only the kernel image and the module trees the VM can need (the whole
   # package unpacks to 400 MB).
   mkdir -p "$kdir/root"
