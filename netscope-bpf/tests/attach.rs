@@ -143,7 +143,7 @@ fn cni_names_in_mode(mode: AttachMode, tag: &str, net: u8) {
                 deadline,
                 300,
                 900,
-                Duration::from_micros(200),
+                Duration::from_millis(1),
             )
         })
         .collect();

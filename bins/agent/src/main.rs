@@ -1,1 +1,273 @@
-fn main() {}
+//! netscope-agent: one per node. Attaches the capture program to every pod
+//! link, drains it every collection interval, undoes Service NAT through
+//! conntrack, and reports to the aggregator over gRPC. Wiring only; the
+//! logic lives in the `netscope` and `netscope-bpf` libraries.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use ipnet::IpNet;
+use netscope::discover::{error_chain, InterfaceFilter, Reconciler, DEFAULT_PREFIXES};
+use netscope::nat::{NetlinkConntrack, ServiceNat};
+use netscope::report::{Reporter, ReporterConfig};
+use netscope::transport::client::{ClientConfig, ClientTls, GrpcSink};
+use netscope::transport::server::{serve_http, HttpEndpoints};
+use netscope::AttachMode;
+use netscope_bpf::links::LinkWatcher;
+use netscope_bpf::{BpfAttacher, BpfCollector, Capture, CaptureConfig, DEFAULT_MAX_FLOWS};
+use tracing::{error, info};
+
+/// Attaches netscope's capture program to this node's pod interfaces and
+/// reports per-flow byte counts to the aggregator.
+#[derive(Debug, Parser)]
+#[command(name = "netscope-agent", version, about)]
+struct Args {
+    /// This node's name (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// The aggregator's gRPC address (host:port, or an http(s):// URI).
+    #[arg(long, default_value = "netscope-aggregator:8080")]
+    server_endpoint: String,
+    /// How often to drain the counters and send a report.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    collection_interval: Duration,
+    /// Address of /metrics, /healthz and /readyz. ":PORT" listens on all addresses.
+    #[arg(long, default_value = ":6060", value_parser = parse_listen_addr)]
+    debug_addr: SocketAddr,
+    /// Log verbosity: 0 info, 1-2 debug, 3-4 trace for netscope, 5 trace for everything. RUST_LOG overrides.
+    #[arg(short = 'v', long = "verbosity", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=5))]
+    verbosity: u8,
+    /// Accepted for compatibility; the agent does not talk to the Kubernetes API.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// How to attach: auto (TCX on 6.6+, else legacy TC), tcx, or tc.
+    #[arg(long, default_value = "auto")]
+    attach_mode: AttachMode,
+    /// Host-side name prefixes of pod interfaces (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_PREFIXES.iter().map(|s| s.to_string()))]
+    interface_prefixes: Vec<String>,
+    /// Also attach to veth/netkit interfaces whose name matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    include_interfaces: Option<String>,
+    /// Never attach to interfaces whose name matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    exclude_interfaces: Option<String>,
+    /// Flow-table capacity per drain interval; flows beyond it are counted as overflow.
+    #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..=netscope_bpf::MAX_MAX_FLOWS as i64))]
+    max_flows: u32,
+    /// The cluster's Service CIDRs (comma-separated, at most 8): traffic to
+    /// them is resolved to the real backend through conntrack.
+    #[arg(long, value_delimiter = ',')]
+    service_cidrs: Vec<IpNet>,
+    /// Flows kept while the aggregator is unreachable; beyond it they fold into an overflow record.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_buffered_flows: u64,
+    /// CA bundle (PEM) to verify the aggregator; turns on TLS.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key", requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Name to verify the aggregator's certificate against (default: the endpoint's host).
+    #[arg(long, requires = "tls_ca")]
+    tls_server_name: Option<String>,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?}: {e} (use e.g. 10s, 500ms, 1m)"))?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?} is shorter than 100ms"));
+    }
+    Ok(d)
+}
+
+fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse()
+        .map_err(|e| format!("{s:?} is not HOST:PORT or :PORT ({e})"))
+}
+
+fn init_logging(verbosity: u8) {
+    let default = match verbosity {
+        0 => "info",
+        1 | 2 => "info,netscope=debug,netscope_bpf=debug,netscope_agent=debug",
+        3 | 4 => "info,netscope=trace,netscope_bpf=trace,netscope_agent=trace,libbpf=debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    init_logging(args.verbosity);
+    if args.kubeconfig.is_some() {
+        info!("--kubeconfig is accepted for compatibility and not used: the agent needs no Kubernetes API access");
+    }
+    let filter = InterfaceFilter::new(
+        &args.interface_prefixes,
+        args.include_interfaces.as_deref(),
+        args.exclude_interfaces.as_deref(),
+    )
+    .context("--interface-prefixes / --include-interfaces / --exclude-interfaces")?;
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(ClientTls {
+            ca_pem: Some(read(ca, "--tls-ca")?),
+            identity: match (&args.tls_cert, &args.tls_key) {
+                (Some(c), Some(k)) => Some((read(c, "--tls-cert")?, read(k, "--tls-key")?)),
+                _ => None,
+            },
+            domain: args.tls_server_name.clone(),
+        }),
+        None => None,
+    };
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+
+    let capture = Arc::new(
+        Capture::load(&CaptureConfig {
+            max_flows: args.max_flows,
+            service_cidrs: args.service_cidrs.clone(),
+        })
+        .context("loading the capture program")?,
+    );
+    info!(node = %args.node_name, mode = %args.attach_mode, prefixes = ?filter.prefixes(), max_flows = args.max_flows,
+          service_cidrs = ?args.service_cidrs, "capture program loaded");
+
+    // Discovery on its own thread: link events -> attach/detach.
+    let attacher = Arc::new(BpfAttacher::new(capture.clone(), args.attach_mode));
+    let reconciler = Arc::new(Mutex::new(Reconciler::new(attacher, filter)));
+    let stop_discovery = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut watcher = LinkWatcher::new().context("opening the rtnetlink socket")?;
+    let discovery = {
+        let (r, stop, ready) = (reconciler.clone(), stop_discovery.clone(), ready.clone());
+        std::thread::Builder::new()
+            .name("discovery".into())
+            .spawn(move || -> Result<()> {
+                while !stop.load(Ordering::Relaxed) {
+                    let events = watcher
+                        .next(Duration::from_millis(200))
+                        .context("reading link events")?;
+                    let mut rec = r.lock().unwrap_or_else(|p| p.into_inner());
+                    for e in events {
+                        rec.handle(e);
+                    }
+                    // Ready once the initial link dump is applied.
+                    ready.store(true, Ordering::Release);
+                }
+                Ok(())
+            })?
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.debug_addr)
+            .await
+            .with_context(|| format!("listening on --debug-addr {}", args.debug_addr))?;
+        let http = HttpEndpoints { metrics: Some(Arc::new(move || prometheus.render())), ready: ready.clone() };
+        let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let http_task = tokio::spawn(serve_http(listener, http, async {
+            let _ = http_stop_rx.await;
+        }));
+
+        let mut client = ClientConfig::new(args.server_endpoint.clone());
+        client.tls = tls;
+        let sink = GrpcSink::new(&client).with_context(|| format!("--server-endpoint {}", args.server_endpoint))?;
+        let mut rc = ReporterConfig::new(args.node_name.clone());
+        rc.interval = args.collection_interval;
+        rc.max_buffered_flows = usize::try_from(args.max_buffered_flows).unwrap_or(usize::MAX);
+        let mut reporter = Reporter::new(rc, Box::new(BpfCollector::new(capture.clone())), Box::new(sink));
+        if !args.service_cidrs.is_empty() {
+            reporter = reporter.with_transform(Box::new(ServiceNat::new(NetlinkConntrack::new())));
+        }
+        info!(server = %args.server_endpoint, interval = ?args.collection_interval, debug_addr = %args.debug_addr, "netscope-agent running");
+
+        // On SIGTERM/SIGINT: detach everything first, so that the reporter's
+        // final drain holds every packet that was counted; then it flushes.
+        let (r, stop) = (reconciler.clone(), stop_discovery.clone());
+        let shutdown = async move {
+            shutdown_signal().await;
+            info!("shutting down: detaching, then a final drain and report");
+            stop.store(true, Ordering::Relaxed);
+            let errors = tokio::task::spawn_blocking(move || r.lock().unwrap_or_else(|p| p.into_inner()).detach_all())
+                .await
+                .unwrap_or_default();
+            for e in &errors {
+                error!(error = %error_chain(e), "detach failed");
+            }
+        };
+        let summary = reporter.run(shutdown).await;
+        let _ = http_stop_tx.send(());
+        let _ = http_task.await;
+        anyhow::Ok(summary)
+    })?;
+    stop_discovery.store(true, Ordering::Relaxed);
+    match discovery.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(error = %format!("{e:#}"), "discovery stopped with an error"),
+        Err(_) => error!("discovery thread panicked"),
+    }
+    // Anything attached after the shutdown began.
+    for e in reconciler
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .detach_all()
+    {
+        error!(error = %error_chain(&e), "detach failed");
+    }
+    info!(
+        reports_acked = summary.reports_acked,
+        send_failures = summary.send_failures,
+        unsent_bytes = summary.unsent.bytes,
+        "netscope-agent stopped"
+    );
+    if summary.unsent.bytes > 0 {
+        anyhow::bail!(
+            "{} bytes could not be delivered before shutdown (see the log above)",
+            summary.unsent.bytes
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -2,22 +2,29 @@
 //! byte once, resolves endpoints and hands the flows to the exporters.
 //! Wiring only; the logic lives in the `netscope` library.
 
-mod topology;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use netscope::aggregate::DedupConfig;
+use netscope::export::cost::{Price, Pricing};
+use netscope::export::flowlog::{FlowLogConfig, FlowLogExporter};
+use netscope::export::prometheus::{
+    CardinalityLimits, PrometheusConfig, PrometheusExporter, SeriesExpiry,
+};
+use netscope::resolve::kube::{KubeResolver, KubeResolverConfig};
+use netscope::resolve::{
+    CustomEndpoints, CustomEndpointsOptions, IpPrefix, LayeredResolver, StaticResolver,
+};
 use netscope::transport::server::{
     serve, HttpEndpoints, ServerConfig, ServerTls, DEFAULT_MAX_MESSAGE_BYTES,
 };
-use netscope::{Aggregator, Exporter, ResolvedFlow};
-use tracing::{debug, info};
+use netscope::{Aggregator, EndpointKind, Exporter, Resolver};
+use tracing::info;
 
 /// Receives netscope agents' flow reports, counts every byte once and
 /// exports cross-zone traffic.
@@ -54,6 +61,33 @@ struct Args {
     /// turns on mutual TLS.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// The cluster's Service CIDRs, where the ServiceCIDR API is not available (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    service_cidrs: Vec<IpPrefix>,
+    /// Label selector of netscope agent pods: nodes running a Ready one are "monitored".
+    #[arg(long, default_value = "app.kubernetes.io/name=netscope-agent")]
+    agent_selector: String,
+    /// How long a deleted pod's IPs still resolve to it, for late reports.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    tombstone_grace: Duration,
+    /// Write one JSON object per resolved flow to stdout.
+    #[arg(long, env = "ENABLE_FLOW_LOGS")]
+    enable_flow_logs: bool,
+    /// Price per GB (10^9 bytes) charged on the sending side of cross-zone traffic, in dollars (AWS: 0.01).
+    #[arg(long, default_value_t = 0.01)]
+    price_per_gb_sending: f64,
+    /// Price per GB charged on the receiving side, in dollars (AWS: 0.01).
+    #[arg(long, default_value_t = 0.01)]
+    price_per_gb_receiving: f64,
+    /// Remove series idle for longer than this (gone pods' series go away).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    series_idle_timeout: Duration,
+    /// Cardinality guard: most distinct pod pairs; more fold into `other`.
+    #[arg(long, default_value_t = 100_000)]
+    max_pod_pairs: usize,
+    /// Cardinality guard: most distinct workload pairs.
+    #[arg(long, default_value_t = 20_000)]
+    max_workload_pairs: usize,
     /// Do not serve gRPC reflection.
     #[arg(long)]
     no_reflection: bool,
@@ -88,24 +122,6 @@ fn init_logging(verbosity: u8) {
         .init();
 }
 
-/// Minimal exporter until the Prometheus and flow-log exporters are wired:
-/// logs a summary per batch and each flow at trace level.
-struct LogExporter;
-
-impl Exporter for LogExporter {
-    fn export(&self, flows: &[ResolvedFlow]) {
-        let bytes: u64 = flows.iter().map(|f| f.counters.bytes).sum();
-        debug!(flows = flows.len(), bytes, "exported flows");
-        for f in flows {
-            tracing::trace!(
-                src = %f.src_ip, src_name = %f.src.name, src_zone = %f.src.zone,
-                dst = %f.dst_ip, dst_name = %f.dst.name, dst_zone = %f.dst.zone,
-                bytes = f.counters.bytes, counted = %f.direction_counted, "flow"
-            );
-        }
-    }
-}
-
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
 }
@@ -115,16 +131,61 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     init_logging(args.verbosity);
 
-    if let Some(k) = &args.kubeconfig {
-        bail!(
-            "--kubeconfig {}: the Kubernetes resolver is not part of this build yet; use --topology",
-            k.display()
-        );
-    }
-    let resolver = topology::load(args.topology.as_deref(), args.custom_endpoints.as_deref())?;
+    // The recorder first: exporters cache handles to it.
+    let expiry = SeriesExpiry::new(args.series_idle_timeout).context("--series-idle-timeout")?;
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .idle_timeout(
+            metrics_util::MetricKindMask::COUNTER,
+            Some(expiry.idle_timeout()),
+        )
         .install_recorder()
         .context("installing the Prometheus recorder")?;
+    let (resolver, kube) = build_resolver(&args).await?;
+    let pricing = Pricing {
+        sending: Price::per_gb(args.price_per_gb_sending).context("--price-per-gb-sending")?,
+        receiving: Price::per_gb(args.price_per_gb_receiving)
+            .context("--price-per-gb-receiving")?,
+    };
+    let limits = CardinalityLimits {
+        pod_pairs: args.max_pod_pairs,
+        workload_pairs: args.max_workload_pairs,
+        ..CardinalityLimits::default()
+    };
+    let prom = Arc::new(
+        PrometheusExporter::new(PrometheusConfig {
+            pricing,
+            limits,
+            expiry,
+        })
+        .context("Prometheus exporter")?,
+    );
+    let mut exporters: Vec<Arc<dyn Exporter>> = vec![prom.clone()];
+    let flowlog = if args.enable_flow_logs {
+        let f = Arc::new(FlowLogExporter::stdout(FlowLogConfig::default()).context("flow logs")?);
+        exporters.push(f.clone());
+        Some(f)
+    } else {
+        None
+    };
+    // Series upkeep: gone pods' series expire; live pods' stay.
+    {
+        let (prom, kube) = (prom.clone(), kube.clone());
+        let every = expiry.upkeep_interval();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                // A static topology never loses a pod: its idle series stay.
+                // With Kubernetes, idle pod-level series expire after the
+                // idle timeout (pods come and go; a live pod's series
+                // returns with its next traffic); the other levels stay.
+                if kube.is_none() {
+                    prom.upkeep(Instant::now(), &|_| true);
+                } else {
+                    prom.upkeep(Instant::now(), &|ep| ep.kind != EndpointKind::Pod);
+                }
+            }
+        });
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(ServerTls {
             cert_pem: read(cert, "TLS certificate")?,
@@ -137,9 +198,10 @@ async fn main() -> Result<()> {
         }),
         _ => None,
     };
+    let ready_resolver = resolver.clone();
     let aggregator = Arc::new(Aggregator::new(
-        Arc::new(resolver),
-        vec![Arc::new(LogExporter)],
+        resolver,
+        exporters,
         DedupConfig {
             idle_ttl: Duration::from_secs(args.dedup_idle_ttl_secs),
             ..DedupConfig::default()
@@ -172,9 +234,24 @@ async fn main() -> Result<()> {
         metrics: Some(Arc::new(move || prometheus.render())),
         ..HttpEndpoints::default()
     };
-    http.ready.store(true, Ordering::Release);
+    // Ready once the resolver has its initial lists.
+    {
+        let ready = http.ready.clone();
+        tokio::spawn(async move {
+            while !ready_resolver.is_synced() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ready.store(true, Ordering::Release);
+            info!("resolver synced; ready");
+        });
+    }
     info!(addr = %listener.local_addr()?, "netscope-aggregator listening (gRPC + HTTP)");
     serve(listener, aggregator, config, http, shutdown_signal()).await?;
+    if let Some(f) = flowlog {
+        if let Err(e) = f.shutdown(Duration::from_secs(5)) {
+            tracing::warn!(error = %e, "flow log did not flush completely");
+        }
+    }
     info!("netscope-aggregator stopped");
     Ok(())
 }
@@ -198,4 +275,58 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Resolution: Kubernetes (with --kubeconfig or in a cluster) or a static
+/// topology, then custom endpoints, layered with the fixed precedence
+/// pod > node > service > custom > external.
+async fn build_resolver(args: &Args) -> Result<(Arc<dyn Resolver>, Option<Arc<KubeResolver>>)> {
+    let mut layers: Vec<Arc<dyn Resolver>> = Vec::new();
+    let mut kube = None;
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    if let Some(path) = &args.topology {
+        let r =
+            StaticResolver::load(path).with_context(|| format!("--topology {}", path.display()))?;
+        info!(file = %path.display(), "static topology loaded");
+        layers.push(Arc::new(r));
+    } else if args.kubeconfig.is_some() || in_cluster {
+        let config = KubeResolverConfig {
+            agent_selector: args.agent_selector.clone(),
+            tombstone_grace: args.tombstone_grace,
+            service_cidrs: args.service_cidrs.clone(),
+            ..KubeResolverConfig::default()
+        };
+        let client = match &args.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("--kubeconfig {}", path.display()))?;
+                let cfg = kube::Config::from_custom_kubeconfig(
+                    kc,
+                    &kube::config::KubeConfigOptions::default(),
+                )
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+                kube::Client::try_from(cfg).context("building the Kubernetes client")?
+            }
+            None => kube::Client::try_default()
+                .await
+                .context("building the in-cluster Kubernetes client")?,
+        };
+        let (r, driver) = KubeResolver::new(client, config).context("Kubernetes resolver")?;
+        tokio::spawn(driver.run());
+        let r = Arc::new(r);
+        kube = Some(r.clone());
+        layers.push(r);
+    } else {
+        anyhow::bail!("no resolution source: pass --topology FILE, or --kubeconfig FILE (in a cluster the service account is used)");
+    }
+    if let Some(path) = &args.custom_endpoints {
+        let c = Arc::new(
+            CustomEndpoints::load(path, CustomEndpointsOptions::default())
+                .with_context(|| format!("--custom-endpoints {}", path.display()))?,
+        );
+        tokio::spawn(c.clone().watch());
+        layers.push(c);
+    }
+    Ok((Arc::new(LayeredResolver::new(layers)), kube))
 }
