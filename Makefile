@@ -45,8 +45,9 @@ bench: deps
 
 demo: deps
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make demo: the demo creates network namespaces and loads BPF programs: run it as root (sudo make demo)" >&2; exit 1; fi
-	$(CARGO) build --release -p netscope-examples --example demo -p netscope-agent -p netscope-aggregator
-	./target/release/examples/demo --duration $(DURATION)
+	$(CARGO) build --release -p netscope-agent -p netscope-aggregator
+	$(CARGO) build --release -p netscope-examples --example demo
+	./target/release/examples/demo --duration $(DURATION) --bin-dir target/release $(DEMO_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check
