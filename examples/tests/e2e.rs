@@ -3,7 +3,11 @@
 //! through `examples/demo.rs --verify`. Every `pod_network_traffic_bytes_total`
 //! series must equal nftables' forward counters to the byte: counted once,
 //! ClusterIP traffic attributed to the backend pod in both directions,
-//! external traffic to the custom endpoint. Runs in TCX and legacy-TC mode.
+//! external traffic to the custom endpoint. Mid-run, one agent is killed
+//! with SIGKILL and restarted (its pairs may fall short, never over; in
+//! legacy-TC mode its filters are replaced, not duplicated), and the
+//! aggregator is restarted (agents resend; the pre-restart scrape plus the
+//! new counters equal the reference). Runs in TCX and legacy-TC mode.
 //! Needs root; removes everything it makes.
 
 use std::path::PathBuf;
