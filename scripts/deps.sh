@@ -24,6 +24,8 @@ declare -A PKGS=(
   [iputils-ping]=/usr/bin/ping
   [prometheus]=/usr/bin/prometheus
   [curl]=/usr/bin/curl
+  [openssl]=/usr/bin/openssl
+  [util-linux]=/usr/bin/nsenter
   [python3]=/usr/bin/python3
   [python3-venv]=/usr/share/doc/python3-venv
   [npm]=/usr/share/doc/npm
@@ -40,7 +42,10 @@ PKGS[linux-libc-dev]=/usr/include/linux/bpf.h
 
 missing=()
 for p in "${!PKGS[@]}"; do
-  [ -e "${PKGS[$p]}" ] || missing+=("$p")
+  [ -e "${PKGS[$p]}" ] && continue
+  # npm may come with a Node.js installed some other way: that one will do.
+  [ "$p" = npm ] && command -v npm >/dev/null 2>&1 && continue
+  missing+=("$p")
 done
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -48,10 +53,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "installing for $arch: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q || die "apt-get update failed"
-  # npm from Debian conflicts with an existing nodejs from elsewhere; skip it then.
-  if command -v npm >/dev/null 2>&1; then
-    missing=("${missing[@]/npm}")
-  fi
   apt-get install -y -q --no-install-recommends ${missing[*]} || die "apt-get install failed for: ${missing[*]}"
 else
   say "system packages present"
