@@ -194,13 +194,13 @@ fn sum(m: &std::collections::HashMap<FlowKey, Counters>) -> Counters {
     t
 }
 
-/// The outage length of the issue is 30 s. The default test run uses 3 s to
-/// keep `make test` short; set NETSCOPE_TEST_OUTAGE_SECS=30 for the full one.
+/// The outage length of the issue: 30 s. NETSCOPE_TEST_OUTAGE_SECS
+/// shortens it for quick local runs.
 fn outage() -> Duration {
     let secs = std::env::var("NETSCOPE_TEST_OUTAGE_SECS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(3);
+        .unwrap_or(30);
     Duration::from_secs(secs)
 }
 
