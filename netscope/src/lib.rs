@@ -21,6 +21,7 @@
 
 pub mod aggregate;
 pub mod attach;
+pub mod cli;
 pub mod collect;
 pub mod discover;
 pub mod endpoint;

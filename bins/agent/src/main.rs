@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use ipnet::IpNet;
+use netscope::cli::{bind, log_filter, parse_listen_addr};
 use netscope::discover::{error_chain, InterfaceFilter, Reconciler, DEFAULT_PREFIXES};
 use netscope::nat::{NetlinkConntrack, ServiceNat};
 use netscope::report::{Reporter, ReporterConfig};
@@ -90,25 +91,10 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') {
-        format!("0.0.0.0{s}")
-    } else {
-        s.to_owned()
-    };
-    full.parse()
-        .map_err(|e| format!("{s:?} is not HOST:PORT or :PORT ({e})"))
-}
-
 fn init_logging(verbosity: u8) {
-    let default = match verbosity {
-        0 => "info",
-        1 | 2 => "info,netscope=debug,netscope_bpf=debug,netscope_agent=debug",
-        3 | 4 => "info,netscope=trace,netscope_bpf=trace,netscope_agent=trace,libbpf=debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(log_filter(verbosity, &["netscope_agent"]))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -188,7 +174,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let summary = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.debug_addr)
+        let listener = bind(args.debug_addr)
             .await
             .with_context(|| format!("listening on --debug-addr {}", args.debug_addr))?;
         let http = HttpEndpoints { metrics: Some(Arc::new(move || prometheus.render())), ready: ready.clone() };

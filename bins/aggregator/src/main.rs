@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use netscope::aggregate::DedupConfig;
+use netscope::cli::{bind, log_filter, parse_listen_addr};
 use netscope::export::cost::{Price, Pricing};
 use netscope::export::flowlog::{FlowLogConfig, FlowLogExporter};
 use netscope::export::prometheus::{
@@ -97,25 +98,10 @@ struct Args {
     verbosity: u8,
 }
 
-fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
-    let full = if s.starts_with(':') {
-        format!("[::]{s}")
-    } else {
-        s.to_owned()
-    };
-    full.parse()
-        .map_err(|e| format!("{s:?} is not HOST:PORT or :PORT ({e})"))
-}
-
 fn init_logging(verbosity: u8) {
-    let default = match verbosity {
-        0 => "info",
-        1 | 2 => "info,netscope=debug,netscope_aggregator=debug",
-        3 | 4 => "info,netscope=trace,netscope_aggregator=trace",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(log_filter(verbosity, &["netscope_aggregator"]))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -213,16 +199,10 @@ async fn main() -> Result<()> {
         reflection: !args.no_reflection,
         ..ServerConfig::default()
     };
-    let listener = match tokio::net::TcpListener::bind(args.listen_addr).await {
-        Ok(l) => l,
-        // No IPv6 on this host: ":PORT" falls back to IPv4.
-        Err(_) if args.listen_addr.ip().is_unspecified() && args.listen_addr.is_ipv6() => {
-            tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], args.listen_addr.port())))
-                .await
-                .with_context(|| format!("listening on {}", args.listen_addr))?
-        }
-        Err(e) => return Err(e).with_context(|| format!("listening on {}", args.listen_addr)),
-    };
+    let listener = bind(args.listen_addr)
+        .await
+        .with_context(|| format!("listening on {}", args.listen_addr))?;
+
     let handle = prometheus.clone();
     tokio::spawn(async move {
         loop {
