@@ -88,3 +88,53 @@ fn every_metric_is_documented() {
         );
     }
 }
+
+/// The README's example queries are among those docs/metrics.md lists, and
+/// `prometheus_real.rs` runs every one of those against a real Prometheus
+/// with known data; so each README query is proven too.
+#[test]
+fn readme_queries_are_checked_ones() {
+    let norm = |q: &str| {
+        q.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace("( ", "(")
+            .replace(" )", ")")
+    };
+    let blocks = |text: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur: Option<String> = None;
+        for line in text.lines() {
+            match (&mut cur, line.trim()) {
+                (None, "```promql") => cur = Some(String::new()),
+                (Some(b), "```") => {
+                    out.push(std::mem::take(b));
+                    cur = None;
+                }
+                (Some(b), l) => {
+                    b.push_str(l);
+                    b.push('\n');
+                }
+                _ => {}
+            }
+        }
+        out
+    };
+    let documented: Vec<String> = blocks(&doc()).iter().map(|b| norm(b)).collect();
+    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&readme_path).expect("read README.md");
+    let mut n = 0;
+    for block in blocks(&readme) {
+        for q in block
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        {
+            n += 1;
+            assert!(
+                documented.contains(&norm(q)),
+                "README query is not among the checked ones in docs/metrics.md: {q}"
+            );
+        }
+    }
+    assert!(n >= 5, "README shows only {n} queries");
+}
