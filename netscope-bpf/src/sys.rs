@@ -422,3 +422,22 @@ pub fn map_get_next_key(
         Err(e) => Err(e),
     }
 }
+
+/// Ids of every BPF program loaded in the system.
+pub fn all_prog_ids() -> io::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    let mut id = 0u32;
+    loop {
+        let mut next = 0u32;
+        // SAFETY: plain syscall wrapper writing one u32.
+        let ret = unsafe { libbpf_sys::bpf_prog_get_next_id(id, &mut next) };
+        match check(ret) {
+            Ok(_) => {
+                ids.push(next);
+                id = next;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(ids),
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -394,3 +394,21 @@ pub fn tc_detach(ifindex: u32, ingress: bool, handle: u32, priority: u32) -> std
 pub fn prog_id(prog: BorrowedFd<'_>) -> std::io::Result<u32> {
     sys::prog_id(prog)
 }
+
+/// Names of all loaded BPF programs whose kernel name starts with `prefix`
+/// (for leak checks: netscope's are `netscope_from_p` and `netscope_to_pod`).
+///
+/// # Errors
+/// The kernel's error.
+pub fn loaded_programs(prefix: &str) -> std::io::Result<Vec<(u32, String)>> {
+    let mut out = Vec::new();
+    for id in sys::all_prog_ids()? {
+        // A program can go away between listing and asking: skip it.
+        if let Ok(name) = sys::prog_name_by_id(id) {
+            if name.starts_with(prefix) {
+                out.push((id, name));
+            }
+        }
+    }
+    Ok(out)
+}
