@@ -193,6 +193,11 @@ impl Collector for BpfCollector {
             }
             state.lost_seen = lost;
         }
+        // Fill of the table just drained: how close the interval came to
+        // overflowing (1.0 = full; then see the overflow counters).
+        metrics::gauge!("netscope_agent_flow_table_fill_ratio")
+            .set(drain.samples.len() as f64 / f64::from(cap.capacity.max(1)));
+        metrics::gauge!("netscope_agent_flow_table_capacity").set(f64::from(cap.capacity));
         Ok(drain)
     }
 }
