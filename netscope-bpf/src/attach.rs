@@ -193,7 +193,17 @@ impl BpfAttacher {
         // is netscope's (left by a killed agent), never someone else's.
         let existing = filter.query()?;
         if let Some(id) = existing {
-            let name = sys::prog_name_by_id(id).unwrap_or_default();
+            // By id needs CAP_SYS_ADMIN; the filter dump does not.
+            let name = match sys::prog_name_by_id(id) {
+                Ok(n) => n,
+                Err(_) => crate::links::tc_filter_prog_name(
+                    iface.ifindex,
+                    filter.ingress,
+                    TC_HANDLE,
+                    TC_PRIORITY,
+                )?
+                .unwrap_or_default(),
+            };
             if !name.starts_with(PROGRAM_NAME_PREFIX) {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,

@@ -203,3 +203,90 @@ pub fn dump_links() -> io::Result<Vec<Link>> {
         }
     }
 }
+
+/// The BPF program name (as tc shows it) of the cls_bpf filter at
+/// `handle`/`priority` on `ifindex`'s clsact ingress or egress hook, read
+/// from an rtnetlink filter dump. Unlike looking the program up by id, this
+/// needs no CAP_SYS_ADMIN. `None` when there is no such filter.
+///
+/// # Errors
+/// Netlink errors.
+pub fn tc_filter_prog_name(
+    ifindex: u32,
+    ingress: bool,
+    handle: u32,
+    priority: u32,
+) -> io::Result<Option<String>> {
+    use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
+
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    let mut msg = TcMessage::with_index(ifindex as i32);
+    msg.header.parent = TcHandle {
+        major: 0xffff,
+        minor: if ingress {
+            TcHandle::MIN_INGRESS
+        } else {
+            TcHandle::MIN_EGRESS
+        },
+    };
+    let mut req = NetlinkMessage::new(
+        NetlinkHeader::default(),
+        NetlinkPayload::from(RouteNetlinkMessage::GetTrafficFilter(msg)),
+    );
+    req.header.flags = NLM_F_DUMP | NLM_F_REQUEST;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut buf = vec![0; req.buffer_len()];
+    req.serialize(&mut buf[..]);
+    sock.send(&buf, 0)?;
+
+    let mut found = None;
+    let mut rx = vec![0u8; 1 << 16];
+    loop {
+        let size = sock.recv(&mut &mut rx[..], 0)?;
+        let mut bytes = &rx[..size];
+        while !bytes.is_empty() {
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                .map_err(io::Error::other)?;
+            let len = m.header.length as usize;
+            match m.payload {
+                NetlinkPayload::Done(_) => return Ok(found),
+                NetlinkPayload::Error(e) => {
+                    return match e.code.map(|c| -c.get()) {
+                        // No clsact or no filter chain: no filter.
+                        Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(None),
+                        Some(c) => Err(io::Error::from_raw_os_error(c)),
+                        None => Ok(found),
+                    };
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(f)) => {
+                    // info = priority << 16 | protocol
+                    let prio = f.header.info >> 16;
+                    if u32::from(f.header.handle) == handle && prio == priority {
+                        for a in &f.attributes {
+                            if let TcAttribute::Options(opts) = a {
+                                for o in opts {
+                                    if let TcOption::Bpf(TcFilterBpfOption::ProgName(n)) = o {
+                                        // cls_bpf reports "name:[id]".
+                                        let name = n
+                                            .rsplit_once(":[")
+                                            .map_or(n.as_str(), |(name, _)| name);
+                                        found = Some(name.to_string());
+                                    }
+                                }
+                            }
+                        }
+                        found.get_or_insert_with(String::new);
+                    }
+                }
+                _ => {}
+            }
+            if len == 0 || len > bytes.len() {
+                break;
+            }
+            bytes = &bytes[netlink_align(len).min(bytes.len())..];
+        }
+    }
+}

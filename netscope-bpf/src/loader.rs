@@ -98,8 +98,15 @@ fn route_libbpf_logs() {
     ONCE.call_once(|| {
         libbpf_rs::set_print(Some((PrintLevel::Debug, |level, msg| {
             let msg = msg.trim_end();
+            // Querying an empty TC hook is how netscope checks for a free
+            // slot, and creating clsact where one exists is how it makes
+            // sure there is one: the kernel's complaints about either are
+            // expected, not news.
+            let expected = msg.contains("Cannot find specified filter chain")
+                || msg.contains("Exclusivity flag on, cannot modify");
             match level {
-                PrintLevel::Warn => tracing::warn!(target: "libbpf", "{msg}"),
+                PrintLevel::Warn if !expected => tracing::warn!(target: "libbpf", "{msg}"),
+                PrintLevel::Warn => tracing::debug!(target: "libbpf", "{msg}"),
                 PrintLevel::Info => tracing::debug!(target: "libbpf", "{msg}"),
                 PrintLevel::Debug => tracing::trace!(target: "libbpf", "{msg}"),
             }

@@ -322,6 +322,14 @@ fn coexistence(mode: AttachMode, tag: &str, net: u8) {
             .ns
             .run(move || tc_query(ci, true, TC_HANDLE, TC_PRIORITY).unwrap());
         assert_eq!(still, Some(count_id), "the foreign filter must stay");
+        let name = node.ns.run(move || {
+            netscope_bpf::links::tc_filter_prog_name(ci, true, TC_HANDLE, TC_PRIORITY).unwrap()
+        });
+        assert_eq!(
+            name.as_deref(),
+            Some("cni_count"),
+            "the dump names the squatter's program"
+        );
     }
 
     let mut collector = BpfCollector::new(capture.clone());
@@ -466,6 +474,27 @@ fn restart_replaces_stale_legacy_tc_filters() {
         );
     }
     let old_ids = Direction::BOTH.map(|d| old.program_id(d));
+    // How a restarted agent without CAP_SYS_ADMIN recognises its own filter:
+    // the program name in the rtnetlink filter dump.
+    let ia = idx[0];
+    let names = node.ns.run(move || {
+        [true, false].map(|ing| {
+            netscope_bpf::links::tc_filter_prog_name(ia, ing, TC_HANDLE, TC_PRIORITY)
+                .expect("filter dump")
+        })
+    });
+    assert_eq!(
+        names,
+        [
+            Some("netscope_from_p".to_string()),
+            Some("netscope_to_pod".to_string())
+        ]
+    );
+    let none = node.ns.run(move || {
+        netscope_bpf::links::tc_filter_prog_name(ia, true, TC_HANDLE, TC_PRIORITY + 5)
+            .expect("filter dump")
+    });
+    assert_eq!(none, None, "no filter at another priority");
     drop(old);
 
     // Second agent: a fresh load, same handle/priority.
