@@ -79,7 +79,7 @@ FLAG_ARGS+=(--known-flags "$CHART/ci/known-flags.txt")
 VALUES_SETS=(default)
 for f in "$CHART"/ci/*-values.yaml; do VALUES_SETS+=("$f"); done
 
-fails=0
+fails=0 passes=0
 for v in "${VALUES_SETS[@]}"; do
   if [ "$v" = default ]; then name=default; vargs=(); else name=$(basename "$v" -values.yaml); vargs=(-f "$v"); fi
   say "== values: $name"
@@ -87,7 +87,7 @@ for v in "${VALUES_SETS[@]}"; do
   "$HELM" template netscope "$CHART" --namespace netscope-system "${vargs[@]}" >"$OUT/$name.yaml" 2>"$OUT/$name.err" \
     || { cat "$OUT/$name.err"; die "helm template failed for $name"; }
   "$PY" "$ROOT/scripts/helm_check.py" --k8s-version "$K8S_VERSION" --values-name "$name" ${vargs[1]:+--values-file "${vargs[1]}"} \
-    "${FLAG_ARGS[@]}" "$OUT/$name.yaml" || fails=$((fails + 1))
+    "${FLAG_ARGS[@]}" "$OUT/$name.yaml" && passes=$((passes + 1)) || fails=$((fails + 1))
 done
 
 # --- values that must be refused ---------------------------------------------
@@ -97,7 +97,7 @@ refuse() {
   if "$HELM" template netscope "$CHART" "$@" >"$OUT/refused.out" 2>&1; then
     say "FAIL: accepted, but should refuse: $why ($*)"; fails=$((fails + 1))
   else
-    say "ok: refused $why: $(grep -m1 -o 'Error: .*' "$OUT/refused.out" | cut -c1-140)"
+    passes=$((passes + 1)); say "ok: refused $why: $(grep -m1 -o 'Error: .*' "$OUT/refused.out" | cut -c1-140)"
   fi
 }
 refuse "an unknown attach mode" --set agent.attachMode=xdp
@@ -111,7 +111,7 @@ refuse "a custom endpoint without ips or cidrs" --set aggregator.customEndpoints
 
 # --- Dockerfiles -------------------------------------------------------------
 say "== Dockerfiles"
-"$PY" "$ROOT/scripts/helm_check.py" --dockerfiles "$ROOT/docker/agent.Dockerfile" "$ROOT/docker/aggregator.Dockerfile" || fails=$((fails + 1))
+"$PY" "$ROOT/scripts/helm_check.py" --dockerfiles "$ROOT/docker/agent.Dockerfile" "$ROOT/docker/aggregator.Dockerfile" && passes=$((passes + 1)) || fails=$((fails + 1))
 
 # --- the checks themselves catch breakage ------------------------------------
 # Each mutation of a good rendering or Dockerfile must make the checker fail;
@@ -127,7 +127,7 @@ mutant() {
       --values-file "$CHART/ci/full-values.yaml" "${FLAG_ARGS[@]}" "$OUT/mutant.yaml" >"$OUT/mutant.log" 2>&1; then
     say "FAIL: the checker accepted a manifest with $why"; fails=$((fails + 1))
   else
-    say "ok: caught $why: $(grep -m1 'FAIL' "$OUT/mutant.log" | sed 's/^ *//' | cut -c1-150)"
+    passes=$((passes + 1)); say "ok: caught $why: $(grep -m1 'FAIL' "$OUT/mutant.log" | sed 's/^ *//' | cut -c1-150)"
   fi
 }
 mutant "no hostNetwork" 's/hostNetwork: true/hostNetwork: false/'
@@ -150,7 +150,7 @@ dmutant() {
   if "$PY" "$ROOT/scripts/helm_check.py" --dockerfiles "$dir/agent.Dockerfile" "$dir/aggregator.Dockerfile" >"$OUT/dmutant.log" 2>&1; then
     say "FAIL: the checker accepted a Dockerfile with $why"; fails=$((fails + 1))
   else
-    say "ok: caught $why: $(grep -m1 'FAIL' "$OUT/dmutant.log" | sed 's/^ *//' | cut -c1-150)"
+    passes=$((passes + 1)); say "ok: caught $why: $(grep -m1 'FAIL' "$OUT/dmutant.log" | sed 's/^ *//' | cut -c1-150)"
   fi
 }
 dmutant "no --locked" agent 's/ --locked//'
@@ -176,9 +176,10 @@ elif ! [ -x "$BINDIR/netscope-agent" ] || ! [ -x "$BINDIR/netscope-aggregator" ]
   say "SKIPPED: no target/debug/netscope-agent and netscope-aggregator (make test-helm builds them); the chart's command lines were NOT run"
 else
   for t in ip setpriv openssl curl ping tc; do command -v $t >/dev/null || die "$t is needed for the smoke run (make deps)"; done
-  "$PY" "$ROOT/scripts/chart_smoke.py" --bindir "$BINDIR" "default=$OUT/default.yaml" "full=$OUT/full.yaml" "tls=$OUT/tls.yaml" || fails=$((fails + 1))
+  "$PY" "$ROOT/scripts/chart_smoke.py" --bindir "$BINDIR" "default=$OUT/default.yaml" "full=$OUT/full.yaml" "tls=$OUT/tls.yaml" && passes=$((passes + 1)) || fails=$((fails + 1))
 fi
 
+say "$passes passed, $fails failed"
 if [ "$fails" -ne 0 ]; then
   die "$fails check group(s) failed (rendered manifests are in .tools/helm-test/)"
 fi
