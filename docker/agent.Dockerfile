@@ -15,7 +15,7 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      clang llvm libelf-dev zlib1g-dev pkg-config make libc6-dev linux-libc-dev \
+      clang libelf-dev zlib1g-dev pkg-config make libc6-dev linux-libc-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The whole workspace: cargo needs every member's manifest.

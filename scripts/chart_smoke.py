@@ -350,6 +350,8 @@ def main():
     if os.geteuid() != 0:
         print("chart-smoke: SKIPPED: needs root (network namespaces, BPF)", file=sys.stderr)
         return 2
+    # A SIGTERM (make interrupted, CI timeout) unwinds through the cleanup.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("chart-smoke: terminated"))
     sweep()
     total_pass = total_fail = 0
     for spec in o.rendered:
