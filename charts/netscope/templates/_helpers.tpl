@@ -1,0 +1,120 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "netscope.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-scoped prefix of every resource name. */}}
+{{- define "netscope.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "netscope.agent.fullname" -}}
+{{- printf "%s-agent" (include "netscope.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "netscope.aggregator.fullname" -}}
+{{- printf "%s-aggregator" (include "netscope.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every resource. */}}
+{{- define "netscope.commonLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/part-of: netscope
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Agent selector labels. app.kubernetes.io/name is what the aggregator's
+--agent-selector matches (see netscope.agent.selectorString).
+*/}}
+{{- define "netscope.agent.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Values.agent.name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "netscope.agent.labels" -}}
+{{ include "netscope.commonLabels" . }}
+{{ include "netscope.agent.selectorLabels" . }}
+app.kubernetes.io/component: agent
+{{- end -}}
+
+{{/*
+The label selector the aggregator passes to --agent-selector: the agent
+pods' name and instance labels, so two releases in one cluster do not count
+each other's agents.
+*/}}
+{{- define "netscope.agent.selectorString" -}}
+{{- printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s" .Values.agent.name .Release.Name -}}
+{{- end -}}
+
+{{- define "netscope.aggregator.selectorLabels" -}}
+app.kubernetes.io/name: netscope-aggregator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "netscope.aggregator.labels" -}}
+{{ include "netscope.commonLabels" . }}
+{{ include "netscope.aggregator.selectorLabels" . }}
+app.kubernetes.io/component: aggregator
+{{- end -}}
+
+{{- define "netscope.aggregator.serviceAccountName" -}}
+{{- if .Values.aggregator.serviceAccount.create -}}
+{{- default (include "netscope.aggregator.fullname" .) .Values.aggregator.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.aggregator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* image: repository:tag, the tag defaulting to the chart's appVersion. */}}
+{{- define "netscope.image" -}}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag | toString) -}}
+{{- end -}}
+
+{{/* The aggregator Service's in-cluster DNS name. */}}
+{{- define "netscope.aggregator.host" -}}
+{{- printf "%s.%s.svc.%s" (include "netscope.aggregator.fullname" .) .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+
+{{/* The address agents report to. */}}
+{{- define "netscope.agent.serverEndpoint" -}}
+{{- if .Values.agent.serverEndpoint -}}
+{{- .Values.agent.serverEndpoint -}}
+{{- else -}}
+{{- printf "%s:%d" (include "netscope.aggregator.host" .) (int .Values.aggregator.service.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of the custom-endpoints ConfigMap. */}}
+{{- define "netscope.customEndpoints.configMapName" -}}
+{{- default (printf "%s-custom-endpoints" (include "netscope.aggregator.fullname" .)) .Values.aggregator.customEndpoints.existingConfigMap -}}
+{{- end -}}
+
+{{/* Fails rendering on inconsistent TLS settings. */}}
+{{- define "netscope.validateTLS" -}}
+{{- if .Values.tls.enabled -}}
+{{- if and .Values.aggregator.enabled (not .Values.tls.aggregatorSecret) -}}
+{{- fail "tls.enabled needs tls.aggregatorSecret (a Secret with tls.crt and tls.key)" -}}
+{{- end -}}
+{{- if and .Values.agent.enabled (not .Values.tls.agentSecret) -}}
+{{- fail "tls.enabled needs tls.agentSecret (a Secret with ca.crt)" -}}
+{{- end -}}
+{{- else if .Values.tls.mutual -}}
+{{- fail "tls.mutual needs tls.enabled" -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,605 @@
+#!/usr/bin/env python3
+"""Checks for charts/netscope and docker/, run by scripts/helm-test.sh.
+
+Modes:
+  helm_check.py [--k8s-version V] [--help-text BIN=FILE ...] [--known-flags F] RENDERED.yaml
+      Validates every manifest against the Kubernetes schemas (strict) and
+      asserts how the chart's pieces fit together (labels, ports, paths,
+      flags, privileges).
+  helm_check.py --write-known-flags F --help-text BIN=FILE ...
+      Writes the flag list that is used when the binaries are not built.
+  helm_check.py --dockerfiles AGENT.Dockerfile AGGREGATOR.Dockerfile
+      Checks the Dockerfiles' structure.
+
+Every failed assertion is printed; the exit status is 1 if any failed.
+"""
+
+import argparse
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+
+import yaml
+
+AGENT = "netscope-agent"
+AGGREGATOR = "netscope-aggregator"
+AGENT_CAPS = {"BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"}
+VALUES = {}  # the values file the manifests were rendered with ({} for the defaults)
+
+
+class Checker:
+    def __init__(self, label):
+        self.label = label
+        self.failures = []
+        self.passed = 0
+
+    def check(self, cond, what):
+        if cond:
+            self.passed += 1
+        else:
+            self.failures.append(what)
+            print(f"  FAIL [{self.label}] {what}", file=sys.stderr)
+        return cond
+
+    def done(self):
+        print(f"  [{self.label}] {self.passed} passed, {len(self.failures)} failed")
+        return not self.failures
+
+
+# --- flags -------------------------------------------------------------------
+
+FLAG_RE = re.compile(r"^\s+(?:-(\w), )?(--[a-z0-9][a-z0-9-]*)")
+ENV_RE = re.compile(r"\[env: ([A-Z0-9_]+)=")
+
+
+def parse_help(text):
+    """Flags (long and short) and environment variables named by a clap --help."""
+    flags, envs = set(), set()
+    for line in text.splitlines():
+        m = FLAG_RE.match(line)
+        if m:
+            flags.add(m.group(2))
+            if m.group(1):
+                flags.add("-" + m.group(1))
+        for e in ENV_RE.findall(line):
+            envs.add(e)
+    return flags, envs
+
+
+def read_known_flags(path):
+    known = defaultdict(lambda: (set(), set()))
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) == 2 and parts[1].startswith("-"):
+                known[parts[0]][0].add(parts[1])
+            elif len(parts) == 3 and parts[1] == "env":
+                known[parts[0]][1].add(parts[2])
+            else:
+                raise SystemExit(f"{path}:{n}: cannot parse {line!r}")
+    return dict(known)
+
+
+def write_known_flags(path, helps):
+    lines = [
+        "# Flags and environment variables of the netscope binaries, from their --help.",
+        "# scripts/helm-test.sh checks the chart against the built binaries when",
+        "# target/debug has them, and against this list otherwise. Regenerate with",
+        "#   python3 scripts/helm_check.py --write-known-flags charts/netscope/ci/known-flags.txt \\",
+        "#     --help-text netscope-agent=<(target/debug/netscope-agent --help) \\",
+        "#     --help-text netscope-aggregator=<(target/debug/netscope-aggregator --help)",
+    ]
+    for binary in sorted(helps):
+        flags, envs = helps[binary]
+        lines += [f"{binary} {f}" for f in sorted(flags)]
+        lines += [f"{binary} env {e}" for e in sorted(envs)]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def load_flag_sources(help_texts, known_path):
+    """The flags to check against: --help of the built binaries where given,
+    the committed list for the others. Also compares the two."""
+    known = read_known_flags(known_path) if known_path else {}
+    out, ok = {}, True
+    for binary in (AGENT, AGGREGATOR):
+        if binary in help_texts:
+            flags, envs = help_texts[binary]
+            out[binary] = (flags, envs)
+            print(f"  flags of {binary}: from the built binary's --help ({len(flags)} flags)")
+            if binary in known:
+                kf, ke = known[binary]
+                gone = sorted((kf - flags) | {"env " + e for e in ke - envs})
+                new = sorted((flags - kf) | {"env " + e for e in envs - ke})
+                if gone:
+                    print(f"  FAIL known-flags.txt lists {binary} flags the binary no longer has: {gone}; "
+                          "regenerate it (see its header)", file=sys.stderr)
+                    ok = False
+                if new:
+                    print(f"  note: {binary} has flags not in known-flags.txt: {new}; consider regenerating it")
+        elif binary in known:
+            out[binary] = known[binary]
+            print(f"  flags of {binary}: from {os.path.relpath(known_path)} (binary not built)")
+        else:
+            raise SystemExit(f"no flag source for {binary}")
+    return out, ok
+
+
+# --- manifests ---------------------------------------------------------------
+
+def load_docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def validate_schemas(docs, version, c):
+    import kubernetes_validate
+
+    for d in docs:
+        kn = f"{d.get('kind')}/{d.get('metadata', {}).get('name')}"
+        if d.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+            print(f"  schema: SKIP {kn}: {d['kind']} is a prometheus-operator CRD; kubernetes-validate "
+                  f"has only the built-in Kubernetes schemas. Its fields are checked below instead.")
+            continue
+        try:
+            kubernetes_validate.validate(d, version, strict=True)
+            c.check(True, "")
+            print(f"  schema: ok {kn} (Kubernetes {version}, strict)")
+        except kubernetes_validate.ValidationError as e:
+            path = "/".join(str(p) for p in e.path)
+            c.check(False, f"{kn} is not valid Kubernetes {version}: {e.message} at {path}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            c.check(False, f"{kn}: no schema for {d.get('apiVersion')} {d.get('kind')} in Kubernetes {version} ({e})")
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def one(docs, kind, c):
+    found = by_kind(docs, kind)
+    c.check(len(found) == 1, f"expected exactly one {kind}, found {len(found)}")
+    return found[0] if found else None
+
+
+def args_of(container):
+    """--flag=value args as {flag: value}; bare flags map to True."""
+    out = {}
+    args = list(container.get("command", [])[1:]) + list(container.get("args", []))
+    for a in args:
+        if not a.startswith("-"):
+            continue
+        k, eq, v = a.partition("=")
+        out[k] = v if eq else True
+    return out
+
+
+def port_of(addr):
+    return int(addr.rsplit(":", 1)[1])
+
+
+def selector_matches(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def mount_for(container, pod_spec, file_path):
+    """The volume whose mount directory holds file_path, and the file name."""
+    d, name = os.path.split(file_path)
+    for m in container.get("volumeMounts", []):
+        if m["mountPath"].rstrip("/") == d:
+            vol = next((v for v in pod_spec.get("volumes", []) if v["name"] == m["name"]), None)
+            return m, vol, name
+    return None, None, name
+
+
+def check_flags(binary, container, sources, c):
+    flags, envs = sources[binary]
+    for a in list(container.get("args", [])) + list(container.get("command", [])[1:]):
+        if a.startswith("-"):
+            flag = a.split("=", 1)[0]
+            c.check(flag in flags, f"{binary}: the chart passes {flag}, which `{binary} --help` does not list")
+    for e in container.get("env", []):
+        if e["name"] in ("RUST_LOG", "RUST_BACKTRACE"):
+            continue
+        c.check(e["name"] in envs, f"{binary}: the chart sets env {e['name']}, which `{binary} --help` does not read")
+
+
+def check_probe(probe, path, port_name, c, what, tls=False, mtls=False):
+    if not c.check(probe is not None, f"{what}: no probe"):
+        return
+    if mtls:
+        c.check(probe.get("tcpSocket", {}).get("port") == port_name,
+                f"{what}: with mutual TLS the probe must be a TCP check on {port_name}")
+        return
+    g = probe.get("httpGet", {})
+    c.check(g.get("path") == path, f"{what}: httpGet path {g.get('path')!r}, want {path}")
+    c.check(g.get("port") == port_name, f"{what}: httpGet port {g.get('port')!r}, want {port_name}")
+    c.check(g.get("scheme", "HTTP") == ("HTTPS" if tls else "HTTP"), f"{what}: scheme {g.get('scheme')}")
+
+
+def check_chart(docs, sources, c):
+    ds = by_kind(docs, "DaemonSet")
+    dep = by_kind(docs, "Deployment")
+    svc = by_kind(docs, "Service")
+    c.check(len(ds) <= 1 and len(dep) <= 1 and len(svc) <= 1, "at most one DaemonSet, Deployment and Service")
+    ds, dep, svc = (ds[0] if ds else None), (dep[0] if dep else None), (svc[0] if svc else None)
+    tls_on = False
+
+    # Namespaced objects carry the release namespace.
+    for d in docs:
+        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            c.check(d["metadata"].get("namespace") == "netscope-system",
+                    f"{d['kind']}/{d['metadata']['name']}: namespace {d['metadata'].get('namespace')!r}")
+
+    agg_args = {}
+    if dep:
+        spec = dep["spec"]["template"]["spec"]
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        c.check(selector_matches(dep["spec"]["selector"]["matchLabels"], labels),
+                "Deployment selector does not match its pod labels")
+        (ctr,) = spec["containers"]
+        agg_args = args_of(ctr)
+        check_flags(AGGREGATOR, ctr, sources, c)
+        listen = agg_args.get("--listen-addr", ":8080")
+        (port,) = ctr["ports"]
+        c.check(port["containerPort"] == port_of(listen),
+                f"aggregator containerPort {port['containerPort']} != --listen-addr {listen}")
+        tls_on = "--tls-cert" in agg_args
+        mtls = "--tls-client-ca" in agg_args
+        check_probe(ctr.get("livenessProbe"), "/healthz", port["name"], c, "aggregator liveness", tls_on, mtls)
+        check_probe(ctr.get("readinessProbe"), "/readyz", port["name"], c, "aggregator readiness", tls_on, mtls)
+        # Non-root.
+        psc, csc = spec.get("securityContext", {}), ctr.get("securityContext", {})
+        c.check(psc.get("runAsNonRoot") is True or csc.get("runAsNonRoot") is True, "aggregator must run as non-root")
+        c.check(csc.get("allowPrivilegeEscalation") is False, "aggregator: allowPrivilegeEscalation must be false")
+        c.check("ALL" in csc.get("capabilities", {}).get("drop", []), "aggregator: drop ALL capabilities")
+        # Prometheus annotations point at the port.
+        ann = dep["spec"]["template"]["metadata"].get("annotations", {})
+        if ann.get("prometheus.io/scrape") == "true":
+            c.check(ann.get("prometheus.io/port") == str(port["containerPort"]), "aggregator prometheus.io/port")
+            c.check(ann.get("prometheus.io/scheme", "http") == ("https" if tls_on else "http"),
+                    "aggregator prometheus.io/scheme")
+        # RBAC: the pod's ServiceAccount can get/list/watch what the resolver watches.
+        sa_name = spec.get("serviceAccountName")
+        sas = [s["metadata"]["name"] for s in by_kind(docs, "ServiceAccount")]
+        external_rbac = by_kind(docs, "ClusterRole") == [] and VALUES.get("aggregator", {}).get("rbac", {}).get("create") is False
+        if external_rbac:
+            print(f"  note: rbac.create=false: ServiceAccount {sa_name!r} and its permissions are the user's")
+        else:
+            c.check(sa_name in sas, f"aggregator ServiceAccount {sa_name!r} is not rendered ({sas})")
+        crb = None if external_rbac else one(docs, "ClusterRoleBinding", c)
+        cr = None if external_rbac else one(docs, "ClusterRole", c)
+        if crb and cr:
+            c.check(crb["roleRef"]["name"] == cr["metadata"]["name"], "ClusterRoleBinding does not bind the ClusterRole")
+            c.check({"kind": "ServiceAccount", "name": sa_name, "namespace": "netscope-system"} in crb["subjects"],
+                    "ClusterRoleBinding subject is not the aggregator's ServiceAccount")
+            granted = set()
+            for r in cr["rules"]:
+                for g in r["apiGroups"]:
+                    for res in r["resources"]:
+                        for v in r["verbs"]:
+                            granted.add((g, res, v))
+            for g, res in [("", "pods"), ("", "nodes"), ("", "services"), ("networking.k8s.io", "servicecidrs")]:
+                for v in ("get", "list", "watch"):
+                    c.check((g, res, v) in granted, f"ClusterRole lacks {v} on {g or 'core'}/{res}")
+            c.check(not any(v in ("create", "update", "patch", "delete", "*") for _, _, v in granted),
+                    "ClusterRole must be read-only")
+        # Custom endpoints: a directory mount of the ConfigMap, no subPath.
+        if "--custom-endpoints" in agg_args:
+            path = agg_args["--custom-endpoints"]
+            m, vol, fname = mount_for(ctr, spec, path)
+            if c.check(vol is not None and "configMap" in vol, f"--custom-endpoints {path} is not in a ConfigMap mount"):
+                c.check("subPath" not in m, "custom endpoints mounted with subPath: the kubelet would never update it")
+                cm_name = vol["configMap"]["name"]
+                cms = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == cm_name]
+                if cms:
+                    data = cms[0].get("data", {})
+                    c.check(fname in data, f"ConfigMap {cm_name} has no key {fname}")
+                    check_custom_endpoints(data.get(fname, ""), c)
+                else:
+                    print(f"  note: custom endpoints ConfigMap {cm_name} is not rendered (existingConfigMap)")
+        if tls_on:
+            for flag, key in [("--tls-cert", "tls.crt"), ("--tls-key", "tls.key"), ("--tls-client-ca", "ca.crt")]:
+                if flag in agg_args:
+                    m, vol, fname = mount_for(ctr, spec, agg_args[flag])
+                    c.check(vol is not None and "secret" in vol, f"aggregator {flag} is not in a Secret mount")
+                    c.check(fname == key, f"aggregator {flag} file {fname}, want {key}")
+        if "--agent-selector" in agg_args and ds:
+            sel = dict(kv.split("=", 1) for kv in agg_args["--agent-selector"].split(","))
+            c.check(selector_matches(sel, ds["spec"]["template"]["metadata"]["labels"]),
+                    f"--agent-selector {agg_args['--agent-selector']} does not select the agent pods")
+
+    if svc and dep:
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        c.check(selector_matches(svc["spec"]["selector"], pod_labels), "Service selector does not select aggregator pods")
+        (sp,) = svc["spec"]["ports"]
+        (cp,) = dep["spec"]["template"]["spec"]["containers"][0]["ports"]
+        c.check(sp["targetPort"] in (cp["name"], cp["containerPort"]), "Service targetPort is not the container port")
+
+    if ds:
+        spec = ds["spec"]["template"]["spec"]
+        labels = ds["spec"]["template"]["metadata"]["labels"]
+        c.check(selector_matches(ds["spec"]["selector"]["matchLabels"], labels), "DaemonSet selector does not match its pods")
+        c.check(spec.get("hostNetwork") is True, "agent must use hostNetwork")
+        c.check(spec.get("dnsPolicy") == "ClusterFirstWithHostNet",
+                "agent on the host network needs dnsPolicy ClusterFirstWithHostNet to resolve the aggregator Service")
+        c.check(spec.get("terminationGracePeriodSeconds", 30) >= 15,
+                "agent terminationGracePeriodSeconds must leave room for the 5 s final flush")
+        (ctr,) = spec["containers"]
+        a = args_of(ctr)
+        check_flags(AGENT, ctr, sources, c)
+        env = {e["name"]: e for e in ctr.get("env", [])}
+        c.check(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
+                "agent NODE_NAME must come from the downward API's spec.nodeName")
+        sc = ctr.get("securityContext", {})
+        if sc.get("privileged"):
+            print("  note: agent runs privileged")
+            c.check(sc.get("allowPrivilegeEscalation") is not False,
+                    "agent: allowPrivilegeEscalation=false with privileged is refused by the API server")
+        else:
+            caps = sc.get("capabilities", {})
+            c.check("ALL" in caps.get("drop", []), "agent: drop ALL capabilities first")
+            c.check(AGENT_CAPS <= set(caps.get("add", [])), f"agent needs capabilities {sorted(AGENT_CAPS)}, has {caps.get('add')}")
+            # The API server's rule (ValidateSecurityContext): no
+            # allowPrivilegeEscalation=false with privileged or CAP_SYS_ADMIN.
+            c.check(not (sc.get("allowPrivilegeEscalation") is False and "SYS_ADMIN" in caps.get("add", [])),
+                    "agent: allowPrivilegeEscalation=false with CAP_SYS_ADMIN is refused by the API server")
+            c.check(sc.get("runAsUser") == 0, "agent with capabilities must run as uid 0 (Kubernetes has no ambient capabilities)")
+        (port,) = ctr["ports"]
+        c.check(port["containerPort"] == port_of(a.get("--debug-addr", ":6060")), "agent containerPort != --debug-addr")
+        check_probe(ctr.get("livenessProbe"), "/healthz", port["name"], c, "agent liveness")
+        check_probe(ctr.get("readinessProbe"), "/readyz", port["name"], c, "agent readiness")
+        ann = ds["spec"]["template"]["metadata"].get("annotations", {})
+        if ann.get("prometheus.io/scrape") == "true":
+            c.check(ann.get("prometheus.io/port") == str(port["containerPort"]), "agent prometheus.io/port")
+        mounts = {m["mountPath"]: m for m in ctr.get("volumeMounts", [])}
+        if "/sys/fs/bpf" in mounts:
+            vol = next(v for v in spec["volumes"] if v["name"] == mounts["/sys/fs/bpf"]["name"])
+            c.check(vol.get("hostPath", {}).get("path") == "/sys/fs/bpf", "bpffs mount is not the host's /sys/fs/bpf")
+        c.check({"operator": "Exists"} in spec.get("tolerations", []),
+                "agent must tolerate every taint (operator: Exists) to run on all nodes")
+        c.check(spec.get("automountServiceAccountToken") is False, "agent needs no API token")
+        # The endpoint is the aggregator Service.
+        ep = a.get("--server-endpoint", "netscope-aggregator:8080")
+        if svc:
+            host, port_s = ep.rsplit(":", 1)
+            want = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+            c.check(host == want, f"--server-endpoint host {host}, want the Service {want}")
+            c.check(int(port_s) == svc["spec"]["ports"][0]["port"], "--server-endpoint port != Service port")
+        # TLS on one side only never works.
+        c.check(("--tls-ca" in a) == tls_on, "TLS must be on for both the agent and the aggregator or for neither")
+        c.check(("--tls-cert" in a) == ("--tls-client-ca" in agg_args), "mutual TLS must be on for both or neither")
+        for flag, key in [("--tls-ca", "ca.crt"), ("--tls-cert", "tls.crt"), ("--tls-key", "tls.key")]:
+            if flag in a:
+                m, vol, fname = mount_for(ctr, spec, a[flag])
+                c.check(vol is not None and "secret" in vol, f"agent {flag} is not in a Secret mount")
+                c.check(fname == key, f"agent {flag} file {fname}, want {key}")
+        if "--service-cidrs" in a:
+            cidrs = a["--service-cidrs"].split(",")
+            c.check(len(cidrs) <= 8, "the agent takes at most 8 Service CIDRs")
+            for cidr in cidrs:
+                try:
+                    ipaddress.ip_network(cidr, strict=True)
+                except ValueError as e:
+                    c.check(False, f"--service-cidrs {cidr}: {e}")
+            c.check(agg_args.get("--service-cidrs") == a["--service-cidrs"] or not dep,
+                    "agent and aggregator must get the same --service-cidrs")
+
+    for sm in by_kind(docs, "ServiceMonitor"):
+        c.check(svc is not None, "ServiceMonitor without the aggregator Service")
+        if svc:
+            c.check(selector_matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]),
+                    "ServiceMonitor selector does not select the aggregator Service")
+            names = {p["name"] for p in svc["spec"]["ports"]}
+            for ep in sm["spec"]["endpoints"]:
+                c.check(ep["port"] in names, f"ServiceMonitor port {ep['port']} is not a Service port name {names}")
+                c.check(ep.get("path") == "/metrics", "ServiceMonitor path must be /metrics")
+                c.check(ep.get("scheme") == ("https" if tls_on else "http"), "ServiceMonitor scheme")
+            c.check(svc["metadata"]["namespace"] in sm["spec"].get("namespaceSelector", {}).get("matchNames", []),
+                    "ServiceMonitor namespaceSelector misses the release namespace")
+
+
+def check_custom_endpoints(text, c):
+    """The same rules the aggregator applies (netscope::resolve::custom)."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        c.check(False, f"custom endpoints file is not YAML: {e}")
+        return
+    if not c.check(isinstance(doc, dict) and set(doc) == {"endpoints"}, "custom endpoints file must be {endpoints: [...]}"):
+        return
+    seen_ips, seen_cidrs = set(), set()
+    for i, ep in enumerate(doc["endpoints"]):
+        c.check(set(ep) <= {"name", "namespace", "zone", "region", "ips", "cidrs"}, f"endpoint {i}: unknown fields {set(ep)}")
+        c.check(bool(ep.get("name")) and bool(ep.get("zone")), f"endpoint {i}: name and zone are required")
+        c.check(bool(ep.get("ips")) or bool(ep.get("cidrs")), f"endpoint {i}: needs ips or cidrs")
+        for ip in ep.get("ips", []):
+            try:
+                a = ipaddress.ip_address(ip)
+                c.check(a not in seen_ips, f"endpoint {i}: {ip} claimed twice")
+                seen_ips.add(a)
+            except ValueError as e:
+                c.check(False, f"endpoint {i}: {e}")
+        for cidr in ep.get("cidrs", []):
+            try:
+                n = ipaddress.ip_network(cidr, strict=True)
+                c.check(n not in seen_cidrs, f"endpoint {i}: {cidr} claimed twice")
+                seen_cidrs.add(n)
+            except ValueError as e:
+                c.check(False, f"endpoint {i}: {e}")
+
+
+# --- Dockerfiles -------------------------------------------------------------
+
+def stages(path):
+    from dockerfile_parse import DockerfileParser
+
+    p = DockerfileParser(path=path)
+    out, args = [], {}
+    for ins in p.structure:
+        if ins["instruction"] == "ARG" and not out:
+            k, _, v = ins["value"].partition("=")
+            args[k.strip()] = v.strip()
+        if ins["instruction"] == "FROM":
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), ins["value"])
+            out.append({"from": base, "ins": []})
+        elif out:
+            out[-1]["ins"].append(ins)
+        elif ins["instruction"] not in ("ARG", "COMMENT"):
+            raise SystemExit(f"{path}: {ins['instruction']} before the first FROM")
+    return p, out
+
+
+def apt_packages(stage):
+    pkgs = set()
+    for ins in stage["ins"]:
+        if ins["instruction"] == "RUN":
+            for m in re.finditer(r"apt-get install ([^&;|]*)", ins["value"]):
+                pkgs |= {w for w in m.group(1).replace("\\", " ").split() if not w.startswith("-")}
+    return pkgs
+
+
+def elf_needed(path):
+    """DT_NEEDED sonames of a built binary (readelf, from binutils)."""
+    if not (os.path.exists(path) and shutil.which("readelf")):
+        return None
+    out = subprocess.run(["readelf", "-d", path], capture_output=True, text=True, check=True).stdout
+    return set(re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out))
+
+
+# Sonames -> the Debian bookworm package shipping them. debian:bookworm-slim
+# has libc6 and libgcc-s1.
+SONAME_PKG = {
+    "libc.so.6": "libc6", "libm.so.6": "libc6", "libdl.so.2": "libc6", "libpthread.so.0": "libc6",
+    "librt.so.1": "libc6", "ld-linux-x86-64.so.2": "libc6", "ld-linux-aarch64.so.1": "libc6",
+    "libgcc_s.so.1": "libgcc-s1", "libelf.so.1": "libelf1", "libz.so.1": "zlib1g",
+}
+SLIM_BASE = {"libc6", "libgcc-s1"}
+
+
+def check_dockerfile(path, binary, c, repo):
+    p, st = stages(path)
+    c.check(len(st) >= 2, f"{path}: multi-stage build expected")
+    if len(st) < 2:
+        return
+    build, final = st[0], st[-1]
+    c.check(re.match(r"^rust:[0-9.]+(-slim)?-bookworm\b", build["from"]) is not None,
+            f"{path}: build stage must be a pinned rust:<version>-bookworm image, is {build['from']}")
+    c.check(" as " in build["from"].lower(), f"{path}: build stage must be named (FROM ... AS build)")
+    c.check(final["from"].startswith("debian:bookworm-slim"), f"{path}: runtime must be debian:bookworm-slim, is {final['from']}")
+    bpk = apt_packages(build)
+    need_build = {"pkg-config"} | ({"clang", "libelf-dev", "zlib1g-dev", "make"} if binary == AGENT else set())
+    c.check(need_build <= bpk, f"{path}: build stage lacks {sorted(need_build - bpk)}")
+    runs = " ".join(i["value"] for i in build["ins"] if i["instruction"] == "RUN")
+    c.check(f"-p {binary}" in runs and "--locked" in runs and "--release" in runs,
+            f"{path}: build must run cargo build --release --locked -p {binary}")
+    for s in st:
+        for i in s["ins"]:
+            if i["instruction"] == "RUN" and "apt-get install" in i["value"]:
+                c.check("--no-install-recommends" in i["value"], f"{path}: apt-get install without --no-install-recommends")
+                c.check("apt-get update" in i["value"], f"{path}: apt-get install without apt-get update in the same RUN")
+                c.check("rm -rf /var/lib/apt/lists" in i["value"], f"{path}: apt lists not removed in the same RUN")
+    # Everything COPY'd from the context exists.
+    for i in build["ins"]:
+        if i["instruction"] == "COPY" and "--from" not in i["value"]:
+            srcs = i["value"].split()[:-1]
+            for s in srcs:
+                if not s.startswith("--"):
+                    c.check(os.path.exists(os.path.join(repo, s)), f"{path}: COPY source {s} does not exist")
+    # The Dockerfile's own ignore file lets every COPY source through.
+    ignore = path + ".dockerignore"
+    if c.check(os.path.exists(ignore), f"{path}: no {os.path.basename(ignore)} (the context would include target/)"):
+        rules = [l.strip() for l in open(ignore) if l.strip() and not l.startswith("#")]
+        c.check(rules[:1] == ["*"], f"{ignore}: should start by excluding everything")
+        for i in build["ins"]:
+            if i["instruction"] == "COPY" and "--from" not in i["value"]:
+                for src in i["value"].split()[:-1]:
+                    c.check("!" + src.rstrip("/") in rules, f"{ignore}: COPY source {src} is not let through")
+    fin_runtime = apt_packages(final)
+    copies = [i["value"] for i in final["ins"] if i["instruction"] == "COPY"]
+    c.check(any("--from=build" in v and binary in v for v in copies), f"{path}: runtime stage must COPY {binary} from build")
+    ep = [i["value"] for i in final["ins"] if i["instruction"] == "ENTRYPOINT"]
+    c.check(len(ep) == 1 and ep[0].strip().startswith("[") and binary in ep[0],
+            f"{path}: ENTRYPOINT must be exec form running {binary}")
+    user = [i["value"].strip() for i in final["ins"] if i["instruction"] == "USER"]
+    if binary == AGGREGATOR:
+        c.check(bool(user) and user[-1].split(":")[0] == "65532",
+                f"{path}: aggregator must run as uid 65532 (the chart's runAsUser), USER is {user}")
+    else:
+        c.check(not user or user[-1].split(":")[0] in ("0", "root"),
+                f"{path}: agent runs as root (its capabilities apply to uid 0 only)")
+    # The runtime packages cover what the built binary links against.
+    for exe in (os.path.join(repo, "target/release", binary), os.path.join(repo, "target/debug", binary)):
+        needed = elf_needed(exe)
+        if needed is None:
+            continue
+        have = SLIM_BASE | fin_runtime
+        for so in sorted(needed):
+            pkg = SONAME_PKG.get(so)
+            c.check(pkg is not None, f"{path}: {binary} links {so}, which this check cannot map to a package")
+            if pkg:
+                c.check(pkg in have, f"{path}: {binary} links {so} (package {pkg}), not installed in the runtime stage")
+        print(f"  {binary} ({os.path.relpath(exe, repo)}) links {sorted(needed)}: covered by the runtime stage")
+        break
+    else:
+        print(f"  note: {binary} is not built; its shared libraries were not compared with the runtime stage")
+    print(f"  {path}: stages {[s['from'] for s in st]}")
+
+
+# --- main --------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("rendered", nargs="?")
+    ap.add_argument("--k8s-version", default="1.34.0")
+    ap.add_argument("--values-name", default="?")
+    ap.add_argument("--values-file")
+    ap.add_argument("--help-text", action="append", default=[], metavar="BIN=FILE")
+    ap.add_argument("--known-flags")
+    ap.add_argument("--write-known-flags")
+    ap.add_argument("--dockerfiles", nargs=2, metavar=("AGENT", "AGGREGATOR"))
+    o = ap.parse_args()
+
+    helps = {}
+    for h in o.help_text:
+        b, _, f = h.partition("=")
+        with open(f) as fh:
+            helps[b] = parse_help(fh.read())
+        if not helps[b][0]:
+            raise SystemExit(f"no flags found in the help text of {b} ({f})")
+
+    if o.write_known_flags:
+        write_known_flags(o.write_known_flags, helps)
+        print(f"wrote {o.write_known_flags}")
+        return 0
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if o.dockerfiles:
+        c = Checker("dockerfiles")
+        check_dockerfile(o.dockerfiles[0], AGENT, c, repo)
+        check_dockerfile(o.dockerfiles[1], AGGREGATOR, c, repo)
+        return 0 if c.done() else 1
+
+    c = Checker(o.values_name)
+    if o.values_file:
+        with open(o.values_file) as f:
+            VALUES.update(yaml.safe_load(f) or {})
+    sources, flags_ok = load_flag_sources(helps, o.known_flags)
+    c.check(flags_ok, "the flag list is stale")
+    docs = load_docs(o.rendered)
+    c.check(len(docs) > 0, "nothing rendered")
+    print(f"  rendered: {', '.join(d['kind'] + '/' + d['metadata']['name'] for d in docs)}")
+    validate_schemas(docs, o.k8s_version, c)
+    check_chart(docs, sources, c)
+    return 0 if c.done() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
