@@ -24,6 +24,7 @@ test: deps
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast -- --skip kernel61_
 	$(CARGO) test -p netscope --no-default-features
+	@$(MAKE) --no-print-directory test-helm
 	@$(MAKE) --no-print-directory test-kernel61
 
 # Linux 6.1 (pre-TCX, Amazon Linux 2023's line) booted in qemu under TCG,

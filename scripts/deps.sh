@@ -30,7 +30,6 @@ declare -A PKGS=(
   [python3-venv]=/usr/share/doc/python3-venv
   [npm]=/usr/share/doc/npm
   [unzip]=/usr/bin/unzip
-  [openssl]=/usr/bin/openssl
   [qemu-system-x86]=/usr/bin/qemu-system-x86_64
   [busybox-static]=/bin/busybox
   [cpio]=/usr/bin/cpio
