@@ -40,6 +40,13 @@
 //! [`super::prometheus::SeriesExpiry`]). Registering the key again creates a
 //! fresh series at zero.
 //!
+//! # Locking
+//!
+//! Registration and rendering share one read-write lock: a render (or
+//! upkeep) holds it for reading for its whole pass, so registering a new
+//! series waits for a render in progress. Looking up an existing series and
+//! updating through handles never wait.
+//!
 //! # Time
 //!
 //! Expiry reads no clock: [`RecorderHandle::render_at`] and
@@ -502,8 +509,29 @@ fn sanitize_name(name: &str, colon: bool) -> String {
         .collect()
 }
 
+/// Appends `name`, sanitized as [`sanitize_name`] does.
+fn push_name(out: &mut String, name: &str, colon: bool) {
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .enumerate()
+            .all(|(i, c)| valid_name_char(c, i == 0, colon));
+    if valid {
+        out.push_str(name);
+    } else {
+        out.push_str(&sanitize_name(name, colon));
+    }
+}
+
 /// Appends `value` escaped for a label value (`quote`) or help text.
 fn push_escaped(out: &mut String, value: &str, quote: bool) {
+    if !value
+        .bytes()
+        .any(|b| b == b'\\' || b == b'\n' || (quote && b == b'"'))
+    {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -524,7 +552,7 @@ fn series_prefix(name: &str, suffix: &str, key: &Key, extra: Option<(&str, &str)
     for (k, v) in labels.chain(extra) {
         out.push(if first { '{' } else { ',' });
         first = false;
-        out.push_str(&sanitize_name(k, false));
+        push_name(&mut out, k, false);
         out.push_str("=\"");
         push_escaped(&mut out, v, true);
         out.push('"');
@@ -638,10 +666,11 @@ impl Inner {
             }
         }
         let mut reg = self.write();
-        let family = reg
-            .families
-            .entry(key.name().to_string())
-            .or_insert_with(|| self.new_family(key.name(), kind));
+        if !reg.families.contains_key(key.name()) {
+            let family = self.new_family(key.name(), kind);
+            reg.families.insert(key.name().to_string(), family);
+        }
+        let family = reg.families.get_mut(key.name())?;
         if peek(&family.series).is_none() {
             return conflict(family, kind);
         }
