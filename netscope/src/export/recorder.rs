@@ -1132,6 +1132,50 @@ mod tests {
         );
     }
 
+    #[test]
+    fn concurrent_updates_registrations_and_renders_lose_nothing() {
+        let rec = Arc::new(
+            RecorderBuilder::new()
+                .counter_idle_timeout(Duration::from_secs(600))
+                .build()
+                .expect("valid builder"),
+        );
+        let handle = rec.handle();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let rec = rec.clone();
+                std::thread::spawn(move || {
+                    metrics::with_local_recorder(&*rec, || {
+                        let shared = metrics::counter!("shared_total");
+                        for i in 0..10_000u64 {
+                            shared.increment(1);
+                            if i % 100 == 0 {
+                                // New series while others render.
+                                metrics::counter!("own_total", "t" => t.to_string(), "i" => i.to_string())
+                                    .increment(i);
+                            }
+                            metrics::histogram!("h_seconds").record(0.01);
+                        }
+                    });
+                })
+            })
+            .collect();
+        let mut renders = 0;
+        while threads.iter().any(|t| !t.is_finished()) {
+            let _ = handle.render();
+            renders += 1;
+        }
+        for t in threads {
+            t.join().expect("updater");
+        }
+        let text = handle.render();
+        assert!(text.contains("\nshared_total 40000\n"), "{text}");
+        assert!(text.contains("\nh_seconds_count 40000\n"), "{text}");
+        assert_eq!(text.matches("own_total{").count(), 4 * 100);
+        assert!(text.contains("own_total{t=\"3\",i=\"9900\"} 9900\n"));
+        assert!(renders > 0);
+    }
+
     /// Sample lines (not comments, not blank), sorted.
     fn samples(text: &str) -> Vec<&str> {
         let mut v: Vec<&str> = text
