@@ -1,22 +1,29 @@
 //! Exporter benchmarks (issue 6 targets, one core):
 //!
-//! - `render/*`: render `/metrics` (`PrometheusHandle::render`) with 100k
-//!   pod-pair series; target <= 250 ms.
-//!   - `baseline_100k_bare_series`: 100k seed-metric series registered
-//!     directly, nothing else: the recorder's own cost.
-//!   - `netscope_100k_pod_pairs`: everything the exporter records for 100k
-//!     pod pairs (bytes and packets, cross-zone twins, workload, zone and
-//!     cost series).
+//! - `render/*`: render `/metrics` with 100k pod-pair series; target
+//!   <= 250 ms.
+//!   - `netscope_100k_pod_pairs`: netscope's recorder
+//!     (`netscope::export::recorder`, what the binaries install) with
+//!     everything the exporter records for 100k pod pairs (bytes and
+//!     packets, cross-zone twins, workload, zone and cost series).
+//!   - `mep_100k_pod_pairs`: the same through `metrics-exporter-prometheus`
+//!     0.18 (`PrometheusHandle::render`), the baseline. Both renders are
+//!     checked to hold the same samples.
+//!   - `mep_100k_bare_series`: 100k seed-metric series registered directly
+//!     into `metrics-exporter-prometheus`, nothing else.
 //!   - `floor_prerendered_lines`: the same lines written from prefixes
-//!     formatted once, plus the values: what a renderer that keeps each
-//!     series' label text would cost. Not a recorder; a reference point.
+//!     formatted once, plus the values, from one flat vector. Not a
+//!     recorder; a reference point.
 //! - `update/*`: count 1M resolved flows (100k pairs seen 10 times each, in
 //!   batches of 1000 like agent reports); target <= 1 s.
 //!   - `baseline_counter_macro_per_flow`: the seed's approach, labels built
-//!     and the counter looked up for every flow (two seed metrics only).
-//!   - `netscope_steady_state`: the exporter with its handle cache warm.
-//!   - `netscope_cold`: a fresh exporter and recorder, so every pair is
-//!     registered during the run.
+//!     and the counter looked up for every flow (two seed metrics only),
+//!     into `metrics-exporter-prometheus`.
+//!   - `netscope_steady_state`: the exporter with its handle cache warm,
+//!     into netscope's recorder.
+//!   - `mep_steady_state`: the same into `metrics-exporter-prometheus`.
+//!   - `netscope_cold`: a fresh exporter and netscope recorder, so every
+//!     pair is registered during the run.
 //!
 //! The machine these run on is shared, so every benchmark measures the
 //! benchmark thread's own on-CPU time (`/proc/thread-self/schedstat`), which
@@ -34,6 +41,7 @@ use metrics_util::MetricKindMask;
 use netscope::export::prometheus::{
     names, CardinalityLimits, PrometheusConfig, PrometheusExporter, POD_LABELS,
 };
+use netscope::export::recorder::{Recorder, RecorderBuilder};
 use netscope::{Counters, Direction, Endpoint, EndpointKind, Exporter, ResolvedFlow, WorkloadKind};
 
 const PAIRS: usize = 100_000;
@@ -79,11 +87,30 @@ fn config() -> PrometheusConfig {
     }
 }
 
-/// A recorder configured as the aggregator configures it.
-fn recorder(config: &PrometheusConfig) -> PrometheusRecorder {
+/// netscope's recorder, configured as the aggregator configures it.
+fn recorder(config: &PrometheusConfig) -> Recorder {
+    RecorderBuilder::new()
+        .counter_idle_timeout(config.expiry.idle_timeout())
+        .build()
+        .expect("recorder")
+}
+
+/// The baseline: `metrics-exporter-prometheus`, as the aggregator used to
+/// configure it.
+fn mep_recorder(config: &PrometheusConfig) -> PrometheusRecorder {
     PrometheusBuilder::new()
         .idle_timeout(MetricKindMask::COUNTER, Some(config.expiry.idle_timeout()))
         .build_recorder()
+}
+
+/// Sample lines of a text exposition, sorted.
+fn sorted_samples(text: &str) -> Vec<&str> {
+    let mut v: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    v.sort_unstable();
+    v
 }
 
 fn pod(side: &str, i: usize) -> Arc<Endpoint> {
@@ -158,25 +185,7 @@ fn render(c: &mut Criterion) {
     let config = config();
     let pair_flows = flows(PAIRS);
 
-    // Baseline: 100k bare seed-metric series.
-    let bare = recorder(&config);
-    metrics::with_local_recorder(&bare, || {
-        for f in &pair_flows {
-            metrics::counter!(names::POD_BYTES, seed_labels(f)).increment(f.counters.bytes);
-        }
-    });
-    let bare_handle = bare.handle();
-    let lines = bare_handle.render().lines().count();
-    eprintln!("render/baseline_100k_bare_series: {lines} lines");
-    group.bench_function("baseline_100k_bare_series", |b| {
-        b.iter_custom(|iters| {
-            cpu_timed("render/baseline_100k_bare_series", iters, || {
-                black_box(bare_handle.render().len());
-            })
-        })
-    });
-
-    // Everything the exporter records for 100k pod pairs.
+    // Everything the exporter records for 100k pod pairs, into both recorders.
     let full = recorder(&config);
     let exporter = PrometheusExporter::new(config).expect("config");
     metrics::with_local_recorder(&full, || {
@@ -185,6 +194,15 @@ fn render(c: &mut Criterion) {
         }
     });
     let full_handle = full.handle();
+    let mep_full = mep_recorder(&config);
+    let mep_exporter = PrometheusExporter::new(config).expect("config");
+    metrics::with_local_recorder(&mep_full, || {
+        for batch in pair_flows.chunks(BATCH) {
+            mep_exporter.export(batch);
+        }
+    });
+    let mep_handle = mep_full.handle();
+
     let text = full_handle.render();
     let series = text
         .lines()
@@ -199,6 +217,46 @@ fn render(c: &mut Criterion) {
         text.len()
     );
     assert_eq!(seed, PAIRS, "every pair got its own series");
+    let mep_text = mep_handle.render();
+    assert!(
+        sorted_samples(&text) == sorted_samples(&mep_text),
+        "netscope's recorder and metrics-exporter-prometheus render the same samples"
+    );
+
+    // The first renders after setup, one by one: a scrape does not get
+    // criterion's warm-up.
+    for i in 0..3 {
+        cpu_timed(
+            &format!("render/netscope_100k_pod_pairs first renders #{i}"),
+            1,
+            || {
+                black_box(full_handle.render().len());
+            },
+        );
+    }
+    group.bench_function("netscope_100k_pod_pairs", |b| {
+        b.iter_custom(|iters| {
+            cpu_timed("render/netscope_100k_pod_pairs", iters, || {
+                black_box(full_handle.render().len());
+            })
+        })
+    });
+    // The same, into a buffer kept from one render to the next.
+    let mut buffer = String::new();
+    group.bench_function("netscope_100k_pod_pairs_reused_buffer", |b| {
+        b.iter_custom(|iters| {
+            cpu_timed(
+                "render/netscope_100k_pod_pairs_reused_buffer",
+                iters,
+                || {
+                    buffer.clear();
+                    full_handle.render_into(&mut buffer);
+                    black_box(buffer.len());
+                },
+            )
+        })
+    });
+
     // Reference point: the same text from pre-formatted prefixes.
     let prerendered: Vec<(String, u64)> = text
         .lines()
@@ -221,10 +279,29 @@ fn render(c: &mut Criterion) {
             })
         })
     });
-    group.bench_function("netscope_100k_pod_pairs", |b| {
+
+    // Baselines: metrics-exporter-prometheus.
+    group.bench_function("mep_100k_pod_pairs", |b| {
         b.iter_custom(|iters| {
-            cpu_timed("render/netscope_100k_pod_pairs", iters, || {
-                black_box(full_handle.render().len());
+            cpu_timed("render/mep_100k_pod_pairs", iters, || {
+                black_box(mep_handle.render().len());
+            })
+        })
+    });
+    drop((mep_exporter, mep_full));
+    let bare = mep_recorder(&config);
+    metrics::with_local_recorder(&bare, || {
+        for f in &pair_flows {
+            metrics::counter!(names::POD_BYTES, seed_labels(f)).increment(f.counters.bytes);
+        }
+    });
+    let bare_handle = bare.handle();
+    let lines = bare_handle.render().lines().count();
+    eprintln!("render/mep_100k_bare_series: {lines} lines");
+    group.bench_function("mep_100k_bare_series", |b| {
+        b.iter_custom(|iters| {
+            cpu_timed("render/mep_100k_bare_series", iters, || {
+                black_box(bare_handle.render().len());
             })
         })
     });
@@ -239,7 +316,7 @@ fn update(c: &mut Criterion) {
     let config = config();
     let all = flows(FLOWS);
 
-    let naive = recorder(&config);
+    let naive = mep_recorder(&config);
     group.bench_function("baseline_counter_macro_per_flow", |b| {
         b.iter_custom(|iters| {
             cpu_timed("update/baseline_counter_macro_per_flow", iters, || {
@@ -272,6 +349,23 @@ fn update(c: &mut Criterion) {
             })
         })
     });
+
+    let mep_warm = mep_recorder(&config);
+    let mep_exporter = PrometheusExporter::new(config).expect("config");
+    mep_exporter.upkeep(Instant::now(), &|_| true);
+    metrics::with_local_recorder(&mep_warm, || mep_exporter.export(&all[..PAIRS]));
+    group.bench_function("mep_steady_state", |b| {
+        b.iter_custom(|iters| {
+            cpu_timed("update/mep_steady_state", iters, || {
+                metrics::with_local_recorder(&mep_warm, || {
+                    for batch in all.chunks(BATCH) {
+                        mep_exporter.export(batch);
+                    }
+                })
+            })
+        })
+    });
+    drop((mep_exporter, mep_warm));
 
     group.bench_function("netscope_cold", |b| {
         b.iter_custom(|iters| {

@@ -1,6 +1,7 @@
 //! The exporter against a real Prometheus server.
 //!
-//! Installs `metrics-exporter-prometheus` on 127.0.0.1, feeds the exporter
+//! Installs netscope's recorder (`netscope::export::recorder`), as the
+//! aggregator does, serves its `/metrics` on 127.0.0.1, feeds the exporter
 //! known flows, checks `/metrics` with `promtool check metrics`, then starts
 //! `/usr/bin/prometheus` (Debian package `prometheus`, installed by
 //! `make deps`) scraping it every second, and runs every PromQL query in
@@ -22,9 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use metrics_exporter_prometheus::PrometheusBuilder;
-use metrics_util::MetricKindMask;
 use netscope::export::prometheus::{PrometheusConfig, PrometheusExporter};
+use netscope::export::recorder::{RecorderBuilder, RecorderHandle};
 use netscope::{Counters, Direction, Endpoint, EndpointKind, Exporter, ResolvedFlow, WorkloadKind};
 use serde_json::Value;
 
@@ -88,6 +88,37 @@ impl Drop for Guard {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Serves `handle.render()` on every request to a 127.0.0.1 port, from a
+/// thread of its own (one connection at a time, closed after the answer);
+/// returns the address.
+fn serve_metrics(handle: RecorderHandle) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            // Read the request head; the body (none for GET) is ignored.
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = handle.render();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
 }
 
 /// A plain HTTP/1.0 GET (no chunked encoding) to 127.0.0.1.
@@ -307,12 +338,11 @@ fn documented_queries_return_exact_numbers_from_a_real_prometheus() {
 
     // The recorder, as the aggregator installs it.
     let config = PrometheusConfig::default();
-    let metrics_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    PrometheusBuilder::new()
-        .with_http_listener(metrics_addr)
-        .idle_timeout(MetricKindMask::COUNTER, Some(config.expiry.idle_timeout()))
+    let handle = RecorderBuilder::new()
+        .counter_idle_timeout(config.expiry.idle_timeout())
         .install()
-        .expect("install the Prometheus recorder");
+        .expect("install the recorder");
+    let metrics_addr = serve_metrics(handle);
     let exporter = PrometheusExporter::new(config).expect("exporter");
 
     let (a, b, c) = ("us-east-1a", "us-east-1b", "us-east-1c");

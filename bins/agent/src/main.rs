@@ -129,8 +129,8 @@ fn main() -> Result<()> {
         }),
         None => None,
     };
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
+    let prometheus = netscope::export::recorder::RecorderBuilder::new()
+        .install()
         .context("installing the metrics recorder")?;
 
     let capture = Arc::new(

@@ -17,6 +17,7 @@ use netscope::export::flowlog::{FlowLogConfig, FlowLogExporter};
 use netscope::export::prometheus::{
     CardinalityLimits, PrometheusConfig, PrometheusExporter, SeriesExpiry,
 };
+use netscope::export::recorder::RecorderBuilder;
 use netscope::resolve::kube::{KubeResolver, KubeResolverConfig};
 use netscope::resolve::{
     CustomEndpoints, CustomEndpointsOptions, IpPrefix, LayeredResolver, StaticResolver,
@@ -119,12 +120,9 @@ async fn main() -> Result<()> {
 
     // The recorder first: exporters cache handles to it.
     let expiry = SeriesExpiry::new(args.series_idle_timeout).context("--series-idle-timeout")?;
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .idle_timeout(
-            metrics_util::MetricKindMask::COUNTER,
-            Some(expiry.idle_timeout()),
-        )
-        .install_recorder()
+    let prometheus = RecorderBuilder::new()
+        .counter_idle_timeout(expiry.idle_timeout())
+        .install()
         .context("installing the Prometheus recorder")?;
     let (resolver, kube) = build_resolver(&args).await?;
     let pricing = Pricing {
@@ -207,7 +205,7 @@ async fn main() -> Result<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            handle.run_upkeep();
+            handle.upkeep();
         }
     });
     let http = HttpEndpoints {

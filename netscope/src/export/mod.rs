@@ -3,6 +3,8 @@
 //! - [`prometheus`] (feature `prometheus`): counters through the `metrics`
 //!   facade, with the seed's metric names and labels, plus workload, zone,
 //!   region and cost views. The library never installs a recorder.
+//! - [`recorder`] (feature `prometheus`): the recorder the binaries install,
+//!   which renders the Prometheus text format from pre-formatted series.
 //! - [`flowlog`]: one JSON object per flow and line, written by a thread of its
 //!   own behind a bounded queue, so a slow stdout never blocks ingest.
 //! - [`cost`]: the exact pricing arithmetic behind the cost counter.
@@ -22,6 +24,8 @@ pub mod cost;
 pub mod flowlog;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+#[cfg(feature = "prometheus")]
+pub mod recorder;
 
 /// Namespace label value for endpoints of kind [`EndpointKind::Node`], which
 /// have no namespace of their own.

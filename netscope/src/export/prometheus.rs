@@ -1,10 +1,10 @@
 //! Prometheus metrics, recorded through the [`metrics`] facade.
 //!
 //! [`PrometheusExporter`] records counters for every resolved flow; the
-//! binary installs the recorder (`metrics-exporter-prometheus`) and serves
-//! `/metrics`. The library never installs one. `docs/metrics.md` lists every
-//! metric with its labels, the example PromQL queries and the pricing rules;
-//! [`names`] holds the metric names.
+//! binary installs the recorder ([`super::recorder`]) and serves `/metrics`.
+//! The library never installs one. `docs/metrics.md` lists every metric with
+//! its labels, the example PromQL queries and the pricing rules; [`names`]
+//! holds the metric names.
 //!
 //! # Wiring it up
 //!
@@ -13,9 +13,8 @@
 //! use std::sync::Arc;
 //! use std::time::{Duration, Instant};
 //!
-//! use metrics_exporter_prometheus::PrometheusBuilder;
-//! use metrics_util::MetricKindMask;
 //! use netscope::export::prometheus::{PrometheusConfig, PrometheusExporter, SeriesExpiry};
+//! use netscope::export::recorder::RecorderBuilder;
 //! use netscope::{Endpoint, EndpointKind};
 //!
 //! let config = PrometheusConfig {
@@ -24,9 +23,8 @@
 //! };
 //! // Only the binary installs a recorder. The idle timeout applies to
 //! // counters only: the exporter's gauges must stay.
-//! PrometheusBuilder::new()
-//!     .with_http_listener(([127, 0, 0, 1], 9090))
-//!     .idle_timeout(MetricKindMask::COUNTER, Some(config.expiry.idle_timeout()))
+//! let handle = RecorderBuilder::new()
+//!     .counter_idle_timeout(config.expiry.idle_timeout())
 //!     .install()?;
 //! let exporter = Arc::new(PrometheusExporter::new(config)?);
 //!
@@ -35,6 +33,9 @@
 //! exporter.upkeep(Instant::now(), &|ep: &Endpoint| {
 //!     ep.kind != EndpointKind::Pod || pod_exists(&ep.namespace, &ep.name)
 //! });
+//! // `/metrics` answers with:
+//! let body: String = handle.render();
+//! # drop(body);
 //! # Ok(())
 //! # }
 //! ```
@@ -202,7 +203,7 @@ pub enum PrometheusConfigError {
 /// When series of idle pairs are removed from the output.
 ///
 /// The binary passes [`SeriesExpiry::idle_timeout`] to its recorder
-/// (`PrometheusBuilder::idle_timeout(MetricKindMask::COUNTER, ..)`) and calls
+/// ([`RecorderBuilder::counter_idle_timeout`](super::recorder::RecorderBuilder::counter_idle_timeout)) and calls
 /// [`PrometheusExporter::upkeep`] every [`SeriesExpiry::upkeep_interval`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeriesExpiry {
@@ -935,6 +936,7 @@ impl Exporter for PrometheusExporter {
 #[cfg(test)]
 mod tests {
     use super::super::cost::Price;
+    use super::super::recorder::{Recorder, RecorderBuilder, RecorderHandle};
     use super::super::testutil::{flow, pod};
     use super::*;
     use crate::endpoint::{EndpointKind, WorkloadKind};
@@ -1369,16 +1371,26 @@ mod tests {
         );
     }
 
+    /// The recorder the binaries install, with the exporter's idle timeout.
+    fn expiring_recorder(expiry: SeriesExpiry) -> (Recorder, RecorderHandle) {
+        let recorder = RecorderBuilder::new()
+            .counter_idle_timeout(expiry.idle_timeout())
+            .build()
+            .expect("valid recorder");
+        let handle = recorder.handle();
+        (recorder, handle)
+    }
+
+    fn render_at(handle: &RecorderHandle, now: Instant) -> String {
+        let mut text = String::new();
+        handle.render_at(now, &mut text);
+        text
+    }
+
     #[test]
     fn slow_cost_counters_of_active_pairs_never_expire() {
-        use metrics_exporter_prometheus::PrometheusBuilder;
-        use metrics_util::MetricKindMask;
-
-        let expiry = SeriesExpiry::new(Duration::from_millis(300)).unwrap();
-        let recorder = PrometheusBuilder::new()
-            .idle_timeout(MetricKindMask::COUNTER, Some(expiry.idle_timeout()))
-            .build_recorder();
-        let handle = recorder.handle();
+        let expiry = SeriesExpiry::new(Duration::from_secs(600)).unwrap();
+        let (recorder, handle) = expiring_recorder(expiry);
         let exp = exporter(PrometheusConfig {
             expiry,
             ..PrometheusConfig::default()
@@ -1387,16 +1399,19 @@ mod tests {
         let b = pod("b", "ns", "b", "z2", "r");
         // 10 kB per window at $0.01/GB: a whole microdollar (100 kB) only
         // after ten windows, long after the idle timeout.
-        exp.upkeep(Instant::now(), &|_| true);
+        let t0 = Instant::now();
+        exp.upkeep(t0, &|_| true);
+        let mut now = t0;
         for _ in 0..12 {
             metrics::with_local_recorder(&recorder, || {
                 exp.export(&[flow(&a, &b, "10.0.0.1", "10.0.0.2", 10_000, 7)]);
             });
-            std::thread::sleep(expiry.upkeep_interval());
-            exp.upkeep(Instant::now(), &|_| true);
-            handle.render();
+            now += expiry.upkeep_interval();
+            exp.upkeep(now, &|_| true);
+            render_at(&handle, now);
         }
-        let text = handle.render();
+        assert!(now - t0 >= expiry.idle_timeout() * 2);
+        let text = render_at(&handle, now);
         for side in ["sending", "receiving"] {
             assert_eq!(
                 sample(
@@ -1519,14 +1534,8 @@ mod tests {
 
     #[test]
     fn gone_pairs_expire_live_pairs_stay_and_nothing_is_lost() {
-        use metrics_exporter_prometheus::PrometheusBuilder;
-        use metrics_util::MetricKindMask;
-
-        let expiry = SeriesExpiry::new(Duration::from_millis(400)).unwrap();
-        let recorder = PrometheusBuilder::new()
-            .idle_timeout(MetricKindMask::COUNTER, Some(expiry.idle_timeout()))
-            .build_recorder();
-        let handle = recorder.handle();
+        let expiry = SeriesExpiry::new(Duration::from_secs(600)).unwrap();
+        let (recorder, handle) = expiring_recorder(expiry);
         let exp = exporter(PrometheusConfig {
             expiry,
             ..PrometheusConfig::default()
@@ -1536,14 +1545,15 @@ mod tests {
         let gone_c = pod("gone-c", "ns", "c", "z1", "r");
         let is_live = |e: &Endpoint| &*e.name != "gone-c";
 
-        exp.upkeep(Instant::now(), &is_live);
+        let t0 = Instant::now();
+        exp.upkeep(t0, &is_live);
         metrics::with_local_recorder(&recorder, || {
             exp.export(&[
                 flow(&live_a, &live_b, "10.0.0.1", "10.0.0.2", 111, 1),
                 flow(&gone_c, &live_b, "10.0.0.3", "10.0.0.2", 222, 2),
             ]);
         });
-        let text = handle.render();
+        let text = render_at(&handle, t0);
         assert_eq!(
             sample(&text, names::POD_BYTES, &["src_pod=\"live-a\""]),
             Some(111)
@@ -1554,19 +1564,27 @@ mod tests {
         );
 
         // Three idle timeouts of upkeep and scrapes, no traffic.
-        let stop = Instant::now() + expiry.idle_timeout() * 3;
+        let stop = t0 + expiry.idle_timeout() * 3;
+        let mut now = t0;
         let mut evicted = 0;
         let mut kept = 0;
-        while Instant::now() < stop {
-            std::thread::sleep(expiry.upkeep_interval());
-            let stats = exp.upkeep(Instant::now(), &is_live);
+        let mut gone_seen_until = None;
+        while now < stop {
+            now += expiry.upkeep_interval();
+            let stats = exp.upkeep(now, &is_live);
             evicted += stats.pairs_evicted;
             kept += stats.pairs_kept_alive;
-            handle.render();
+            let text = render_at(&handle, now);
+            if text.contains("src_pod=\"gone-c\"") {
+                gone_seen_until = Some(now);
+            }
         }
         assert_eq!(evicted, 1, "the gone pair's handles were dropped once");
         assert!(kept > 0);
-        let text = handle.render();
+        // Rendered until one idle timeout after it was last seen active (at
+        // the scrape at t0), gone one upkeep interval later.
+        assert_eq!(gone_seen_until, Some(t0 + expiry.idle_timeout()));
+        let text = render_at(&handle, now);
         assert_eq!(
             sample(&text, names::POD_BYTES, &["src_pod=\"live-a\""]),
             Some(111),
@@ -1594,7 +1612,7 @@ mod tests {
                 flow(&live_a, &live_b, "10.0.0.1", "10.0.0.2", 9, 1),
             ]);
         });
-        let text = handle.render();
+        let text = render_at(&handle, now);
         assert_eq!(
             sample(&text, names::POD_BYTES, &["src_pod=\"gone-c\""]),
             Some(7)
