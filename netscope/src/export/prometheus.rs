@@ -625,49 +625,37 @@ impl PrometheusExporter {
             ],
             folded: false,
         };
-        let pod = match state.pods.get(&key) {
-            Some(series) => series.clone(),
-            None => {
-                let key = if state.unfolded[0] < limits.pod_pairs {
-                    state.unfolded[0] += 1;
-                    key
-                } else {
-                    folded[0] = true;
-                    PodKey {
-                        values: [
-                            other.clone(),
-                            other.clone(),
-                            other.clone(),
-                            other.clone(),
-                            src_zone.clone(),
-                            dst_zone.clone(),
-                        ],
-                        folded: true,
-                    }
-                };
-                state
-                    .pods
-                    .entry(key)
-                    .or_insert_with_key(|key| {
-                        let v: Vec<&Arc<str>> = key.values.iter().collect();
-                        Arc::new(Traffic {
-                            bytes: register(names::POD_BYTES, labels(&POD_LABELS, &v)),
-                            packets: register(names::POD_PACKETS, labels(&POD_LABELS, &v)),
-                            extra: cross_zone.then(|| {
-                                (
-                                    register(names::POD_CROSS_ZONE_BYTES, labels(&POD_LABELS, &v)),
-                                    register(
-                                        names::POD_CROSS_ZONE_PACKETS,
-                                        labels(&POD_LABELS, &v),
-                                    ),
-                                )
-                            }),
-                            last_used: AtomicU64::new(0),
-                        })
-                    })
-                    .clone()
-            }
-        };
+        let pod = series_for(
+            &mut state.pods,
+            key,
+            (&mut state.unfolded[0], limits.pod_pairs, &mut folded[0]),
+            || PodKey {
+                values: [
+                    other.clone(),
+                    other.clone(),
+                    other.clone(),
+                    other.clone(),
+                    src_zone.clone(),
+                    dst_zone.clone(),
+                ],
+                folded: true,
+            },
+            |key| {
+                let v: Vec<&Arc<str>> = key.values.iter().collect();
+                let l = || labels(&POD_LABELS, &v);
+                Arc::new(Traffic {
+                    bytes: register(names::POD_BYTES, l()),
+                    packets: register(names::POD_PACKETS, l()),
+                    extra: cross_zone.then(|| {
+                        (
+                            register(names::POD_CROSS_ZONE_BYTES, l()),
+                            register(names::POD_CROSS_ZONE_PACKETS, l()),
+                        )
+                    }),
+                    last_used: AtomicU64::new(0),
+                })
+            },
+        );
 
         // Workload level.
         let key = WorkloadKey {
@@ -685,51 +673,45 @@ impl PrometheusExporter {
             ],
             folded: false,
         };
-        let workload = match state.workloads.get(&key) {
-            Some(series) => series.clone(),
-            None => {
-                let key = if state.unfolded[1] < limits.workload_pairs {
-                    state.unfolded[1] += 1;
-                    key
-                } else {
-                    folded[1] = true;
-                    WorkloadKey {
-                        values: [
-                            other.clone(),
-                            other.clone(),
-                            other.clone(),
-                            other.clone(),
-                            other.clone(),
-                            other.clone(),
-                            src_zone.clone(),
-                            dst_zone.clone(),
-                            src_region.clone(),
-                            dst_region.clone(),
-                        ],
-                        folded: true,
-                    }
-                };
-                state
-                    .workloads
-                    .entry(key)
-                    .or_insert_with_key(|key| {
-                        let v: Vec<&Arc<str>> = key.values.iter().collect();
-                        let l = || labels(&WORKLOAD_LABELS, &v);
-                        Arc::new(Traffic {
-                            bytes: register(names::WORKLOAD_BYTES, l()),
-                            packets: register(names::WORKLOAD_PACKETS, l()),
-                            extra: cross_zone.then(|| {
-                                (
-                                    register(names::WORKLOAD_CROSS_ZONE_BYTES, l()),
-                                    register(names::WORKLOAD_CROSS_ZONE_PACKETS, l()),
-                                )
-                            }),
-                            last_used: AtomicU64::new(0),
-                        })
-                    })
-                    .clone()
-            }
-        };
+        let workload = series_for(
+            &mut state.workloads,
+            key,
+            (
+                &mut state.unfolded[1],
+                limits.workload_pairs,
+                &mut folded[1],
+            ),
+            || WorkloadKey {
+                values: [
+                    other.clone(),
+                    other.clone(),
+                    other.clone(),
+                    other.clone(),
+                    other.clone(),
+                    other.clone(),
+                    src_zone.clone(),
+                    dst_zone.clone(),
+                    src_region.clone(),
+                    dst_region.clone(),
+                ],
+                folded: true,
+            },
+            |key| {
+                let v: Vec<&Arc<str>> = key.values.iter().collect();
+                let l = || labels(&WORKLOAD_LABELS, &v);
+                Arc::new(Traffic {
+                    bytes: register(names::WORKLOAD_BYTES, l()),
+                    packets: register(names::WORKLOAD_PACKETS, l()),
+                    extra: cross_zone.then(|| {
+                        (
+                            register(names::WORKLOAD_CROSS_ZONE_BYTES, l()),
+                            register(names::WORKLOAD_CROSS_ZONE_PACKETS, l()),
+                        )
+                    }),
+                    last_used: AtomicU64::new(0),
+                })
+            },
+        );
 
         // Zone level.
         let key = ZoneKey {
@@ -741,63 +723,53 @@ impl PrometheusExporter {
             ],
             folded: false,
         };
-        let zone = match state.zones.get(&key) {
-            Some(series) => series.clone(),
-            None => {
-                let key = if state.unfolded[2] < limits.zone_pairs {
-                    state.unfolded[2] += 1;
-                    key
-                } else {
-                    folded[2] = true;
-                    ZoneKey {
-                        values: [
-                            other.clone(),
-                            other.clone(),
-                            src_region.clone(),
-                            dst_region.clone(),
-                        ],
-                        folded: true,
-                    }
-                };
-                let pricing = self.config.pricing;
-                state
-                    .zones
-                    .entry(key)
-                    .or_insert_with_key(|key| {
-                        let v: Vec<&Arc<str>> = key.values.iter().collect();
-                        let l = || labels(&ZONE_LABELS, &v);
-                        let regions = [&src_region, &dst_region];
-                        let rl = || labels(&["src_region", "dst_region"], &regions);
-                        // A folded label set mixes billed and unbilled pairs;
-                        // the pair decides whether to charge.
-                        let billable = billed || key.folded;
-                        Arc::new(ZoneSeries {
-                            traffic: Traffic {
-                                bytes: register(names::ZONE_BYTES, l()),
-                                packets: register(names::ZONE_PACKETS, l()),
-                                extra: cross_region.then(|| {
-                                    (
-                                        register(names::CROSS_REGION_BYTES, rl()),
-                                        register(names::CROSS_REGION_PACKETS, rl()),
-                                    )
-                                }),
-                                last_used: AtomicU64::new(0),
-                            },
-                            cost: billable.then(|| {
-                                BillingSide::BOTH.map(|side| {
-                                    let mut cl = l();
-                                    cl.push(Label::from_static_parts("side", side.as_str()));
-                                    (
-                                        register(names::CROSS_ZONE_COST, cl),
-                                        CostMeter::new(pricing.side(side)),
-                                    )
-                                })
-                            }),
+        let pricing = self.config.pricing;
+        let zone = series_for(
+            &mut state.zones,
+            key,
+            (&mut state.unfolded[2], limits.zone_pairs, &mut folded[2]),
+            || ZoneKey {
+                values: [
+                    other.clone(),
+                    other.clone(),
+                    src_region.clone(),
+                    dst_region.clone(),
+                ],
+                folded: true,
+            },
+            |key| {
+                let v: Vec<&Arc<str>> = key.values.iter().collect();
+                let l = || labels(&ZONE_LABELS, &v);
+                let regions = [&src_region, &dst_region];
+                let rl = || labels(&["src_region", "dst_region"], &regions);
+                // A folded label set mixes billed and unbilled pairs;
+                // the pair decides whether to charge.
+                let billable = billed || key.folded;
+                Arc::new(ZoneSeries {
+                    traffic: Traffic {
+                        bytes: register(names::ZONE_BYTES, l()),
+                        packets: register(names::ZONE_PACKETS, l()),
+                        extra: cross_region.then(|| {
+                            (
+                                register(names::CROSS_REGION_BYTES, rl()),
+                                register(names::CROSS_REGION_PACKETS, rl()),
+                            )
+                        }),
+                        last_used: AtomicU64::new(0),
+                    },
+                    cost: billable.then(|| {
+                        BillingSide::BOTH.map(|side| {
+                            let mut cl = l();
+                            cl.push(Label::from_static_parts("side", side.as_str()));
+                            (
+                                register(names::CROSS_ZONE_COST, cl),
+                                CostMeter::new(pricing.side(side)),
+                            )
                         })
-                    })
-                    .clone()
-            }
-        };
+                    }),
+                })
+            },
+        );
 
         PairSeries {
             src: src.clone(),
@@ -811,6 +783,29 @@ impl PrometheusExporter {
             last_used: AtomicU64::new(0),
         }
     }
+}
+
+/// The series of one level for `key`: the cached one, or a new one; past the
+/// level's limit the key is replaced by its folded form (`other` labels,
+/// zones and regions kept) and the fold is flagged.
+fn series_for<K: std::hash::Hash + Eq, S: Clone>(
+    map: &mut HashMap<K, S>,
+    key: K,
+    (used, limit, folded): (&mut usize, usize, &mut bool),
+    fold: impl FnOnce() -> K,
+    make: impl FnOnce(&K) -> S,
+) -> S {
+    if let Some(series) = map.get(&key) {
+        return series.clone();
+    }
+    let key = if *used < limit {
+        *used += 1;
+        key
+    } else {
+        *folded = true;
+        fold()
+    };
+    map.entry(key).or_insert_with_key(|key| make(key)).clone()
 }
 
 fn describe() {
