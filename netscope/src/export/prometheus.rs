@@ -319,6 +319,26 @@ fn register(name: &'static str, labels: Vec<Label>) -> Counter {
     metrics::with_recorder(|recorder| recorder.register_counter(&key, &METADATA))
 }
 
+impl Traffic {
+    /// Bytes and packets series under `names[0..2]`, and, when `cross`,
+    /// the cross-zone pair under `names[2..4]`, all with the same labels.
+    fn new(
+        label_names: &[&'static str],
+        values: &[Arc<str>],
+        names: [&'static str; 4],
+        cross: bool,
+    ) -> Self {
+        let v: Vec<&Arc<str>> = values.iter().collect();
+        let l = || labels(label_names, &v);
+        Traffic {
+            bytes: register(names[0], l()),
+            packets: register(names[1], l()),
+            extra: cross.then(|| (register(names[2], l()), register(names[3], l()))),
+            last_used: AtomicU64::new(0),
+        }
+    }
+}
+
 fn labels(names: &[&'static str], values: &[&Arc<str>]) -> Vec<Label> {
     names
         .iter()
@@ -641,19 +661,17 @@ impl PrometheusExporter {
                 folded: true,
             },
             |key| {
-                let v: Vec<&Arc<str>> = key.values.iter().collect();
-                let l = || labels(&POD_LABELS, &v);
-                Arc::new(Traffic {
-                    bytes: register(names::POD_BYTES, l()),
-                    packets: register(names::POD_PACKETS, l()),
-                    extra: cross_zone.then(|| {
-                        (
-                            register(names::POD_CROSS_ZONE_BYTES, l()),
-                            register(names::POD_CROSS_ZONE_PACKETS, l()),
-                        )
-                    }),
-                    last_used: AtomicU64::new(0),
-                })
+                Arc::new(Traffic::new(
+                    &POD_LABELS,
+                    &key.values,
+                    [
+                        names::POD_BYTES,
+                        names::POD_PACKETS,
+                        names::POD_CROSS_ZONE_BYTES,
+                        names::POD_CROSS_ZONE_PACKETS,
+                    ],
+                    cross_zone,
+                ))
             },
         );
 
@@ -697,19 +715,17 @@ impl PrometheusExporter {
                 folded: true,
             },
             |key| {
-                let v: Vec<&Arc<str>> = key.values.iter().collect();
-                let l = || labels(&WORKLOAD_LABELS, &v);
-                Arc::new(Traffic {
-                    bytes: register(names::WORKLOAD_BYTES, l()),
-                    packets: register(names::WORKLOAD_PACKETS, l()),
-                    extra: cross_zone.then(|| {
-                        (
-                            register(names::WORKLOAD_CROSS_ZONE_BYTES, l()),
-                            register(names::WORKLOAD_CROSS_ZONE_PACKETS, l()),
-                        )
-                    }),
-                    last_used: AtomicU64::new(0),
-                })
+                Arc::new(Traffic::new(
+                    &WORKLOAD_LABELS,
+                    &key.values,
+                    [
+                        names::WORKLOAD_BYTES,
+                        names::WORKLOAD_PACKETS,
+                        names::WORKLOAD_CROSS_ZONE_BYTES,
+                        names::WORKLOAD_CROSS_ZONE_PACKETS,
+                    ],
+                    cross_zone,
+                ))
             },
         );
 
