@@ -185,7 +185,7 @@ fn proxy(
 /// The node whose agent the restart test kills (node-3, zone b: the `api` pods).
 const RESTARTED_NODE: usize = 2;
 
-fn wait_attached(p: &mut Proc, want: usize) -> Result<()> {
+fn wait_attached(p: &mut Proc, want: usize, interrupted: &AtomicBool) -> Result<()> {
     let end = Instant::now() + Duration::from_secs(30);
     loop {
         if !p.alive() {
@@ -203,23 +203,15 @@ fn wait_attached(p: &mut Proc, want: usize) -> Result<()> {
         if n >= want {
             return Ok(());
         }
-        if Instant::now() > end {
-            bail!("{} did not attach within 30 s", p.name);
+        if Instant::now() > end || interrupted.load(Ordering::Relaxed) {
+            bail!(
+                "{} did not attach to its {want} hooks within 30 s (log: {})",
+                p.name,
+                p.log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A process that is gone already, to take a slot in `procs` while the
-/// real one is replaced.
-fn spawn_placeholder() -> Result<Proc> {
-    let mut child = Command::new("true").spawn()?;
-    let _ = child.wait();
-    Ok(Proc {
-        name: "placeholder".into(),
-        child,
-        log: PathBuf::new(),
-    })
 }
 
 /// One Prometheus sample: name, labels, value.
@@ -371,13 +363,7 @@ fn run(
             "127.0.0.1:6060".into(),
         ]
     };
-    let mut procs = vec![spawn_in(
-        &cluster.agg,
-        "aggregator",
-        agg_bin,
-        &agg_args,
-        dir,
-    )?];
+    let mut aggregator = spawn_in(&cluster.agg, "aggregator", agg_bin, &agg_args, dir)?;
     let stop_proxy = Arc::new(AtomicBool::new(false));
     proxy(
         args.metrics_addr,
@@ -389,66 +375,29 @@ fn run(
         Some(addr) => Some(start_prometheus(addr, args.metrics_addr, dir)?),
         None => None,
     };
-    for n in &cluster.nodes {
-        procs.push(spawn_in(
-            &n.ns,
-            &format!("agent-{}", n.name),
-            agent_bin,
-            &agent_args(n),
-            dir,
-        )?);
-    }
-    // Wait until every agent attached to all of its pods' links.
-    let want: HashMap<String, usize> = cluster
+    let mut agents = cluster
         .nodes
         .iter()
         .map(|n| {
-            (
-                n.name.clone(),
-                2 * cluster
-                    .pods
-                    .iter()
-                    .filter(|p| cluster.nodes[p.node].name == n.name)
-                    .count(),
+            spawn_in(
+                &n.ns,
+                &format!("agent-{}", n.name),
+                agent_bin,
+                &agent_args(n),
+                dir,
             )
         })
-        .collect();
-    let start = Instant::now();
-    loop {
-        let mut ready = 0;
-        for p in procs.iter_mut().skip(1) {
-            if !p.alive() {
-                bail!(
-                    "{} exited early; its log:\n{}",
-                    p.name,
-                    std::fs::read_to_string(&p.log).unwrap_or_default()
-                );
-            }
-            let node = p.name.trim_start_matches("agent-");
-            let attached = std::fs::read_to_string(&p.log)
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| l.contains(" attached "))
-                .count();
-            if attached >= want[node] {
-                ready += 1;
-            }
-        }
-        if ready == cluster.nodes.len() {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(30) || interrupted.load(Ordering::Relaxed) {
-            bail!(
-                "agents did not attach within 30 s; logs in {}",
-                dir.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        .collect::<Result<Vec<_>>>()?;
+    // Links an agent must attach to: both directions of each of its pods.
+    let links_of = |node: usize| 2 * cluster.pods.iter().filter(|p| p.node == node).count();
+    // Wait until every agent attached to all of its pods' links.
+    for (i, agent) in agents.iter_mut().enumerate() {
+        wait_attached(agent, links_of(i), interrupted)?;
     }
-    if !procs[0].alive() {
+    if !aggregator.alive() {
         bail!(
             "the aggregator exited; its log:\n{}",
-            std::fs::read_to_string(&procs[0].log).unwrap_or_default()
+            std::fs::read_to_string(&aggregator.log).unwrap_or_default()
         );
     }
     println!(
@@ -474,7 +423,7 @@ fn run(
         if !agent_restarted && Instant::now() >= agent_restart_at {
             agent_restarted = true;
             let i = RESTARTED_NODE;
-            let p = &mut procs[1 + i];
+            let p = &mut agents[i];
             let _ = p.child.kill(); // SIGKILL: nothing detached, nothing flushed
             let _ = p.child.wait();
             println!(
@@ -483,17 +432,14 @@ fn run(
                 cluster.nodes[i].name
             );
             let n = &cluster.nodes[i];
-            procs[1 + i] = spawn_in(
+            agents[i] = spawn_in(
                 &n.ns,
                 &format!("agent-{}-2", n.name),
                 agent_bin,
                 &agent_args(n),
                 dir,
             )?;
-            wait_attached(
-                &mut procs[1 + i],
-                2 * cluster.pods.iter().filter(|p| p.node == i).count(),
-            )?;
+            wait_attached(&mut agents[i], links_of(i), interrupted)?;
         }
         if !agg_restarted && Instant::now() >= agg_restart_at {
             agg_restarted = true;
@@ -510,8 +456,12 @@ fn run(
             std::thread::sleep(Duration::from_millis(500));
             before_agg_restart =
                 scrape(args.metrics_addr).context("scraping before the aggregator restart")?;
-            drop(std::mem::replace(&mut procs[0], spawn_placeholder()?));
-            procs[0] = spawn_in(&cluster.agg, "aggregator-2", agg_bin, &agg_args, dir)?;
+            // Stop the old one before the new one binds the same port.
+            let old = std::mem::replace(
+                &mut aggregator,
+                spawn_in(&cluster.agg, "aggregator-2", agg_bin, &agg_args, dir)?,
+            );
+            drop(old);
             cluster
                 .agg
                 .exec(&["nft", "delete table inet netscope_demo_hold"])?;
@@ -588,10 +538,8 @@ fn run(
     }
     stop_proxy.store(true, Ordering::Relaxed);
     // Agents first (they detach and flush), then the aggregator.
-    while procs.len() > 1 {
-        drop(procs.pop());
-    }
-    drop(procs);
+    drop(agents);
+    drop(aggregator);
     drop(cluster);
     Ok(())
 }
