@@ -155,18 +155,13 @@ fn netlink_align(len: usize) -> usize {
     (len + 3) & !3
 }
 
-/// All links of the calling thread's network namespace.
-///
-/// # Errors
-/// Netlink errors.
-pub fn dump_links() -> io::Result<Vec<Link>> {
+/// Sends one rtnetlink dump request and hands every message of the answer
+/// to `each`, until the kernel says the dump is done.
+fn dump(request: RouteNetlinkMessage, mut each: impl FnMut(RouteNetlinkMessage)) -> io::Result<()> {
     let mut sock = Socket::new(NETLINK_ROUTE)?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
-    let mut req = NetlinkMessage::new(
-        NetlinkHeader::default(),
-        NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
-    );
+    let mut req = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(request));
     req.header.flags = NLM_F_DUMP | NLM_F_REQUEST;
     req.header.sequence_number = 1;
     req.finalize();
@@ -174,7 +169,6 @@ pub fn dump_links() -> io::Result<Vec<Link>> {
     req.serialize(&mut buf[..]);
     sock.send(&buf, 0)?;
 
-    let mut links = Vec::new();
     let mut rx = vec![0u8; 1 << 16];
     loop {
         let size = sock.recv(&mut &mut rx[..], 0)?;
@@ -184,16 +178,14 @@ pub fn dump_links() -> io::Result<Vec<Link>> {
                 .map_err(io::Error::other)?;
             let len = msg.header.length as usize;
             match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(links),
+                NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) => {
-                    return Err(e.code.map_or_else(
-                        || io::Error::other("netlink error"),
-                        |c| io::Error::from_raw_os_error(-c.get()),
-                    ))
+                    return match e.code {
+                        Some(c) => Err(io::Error::from_raw_os_error(-c.get())),
+                        None => Ok(()), // an acknowledgement
+                    };
                 }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
-                    links.extend(link_of(&m))
-                }
+                NetlinkPayload::InnerMessage(m) => each(m),
                 _ => {}
             }
             if len == 0 || len > bytes.len() {
@@ -202,6 +194,20 @@ pub fn dump_links() -> io::Result<Vec<Link>> {
             bytes = &bytes[netlink_align(len).min(bytes.len())..];
         }
     }
+}
+
+/// All links of the calling thread's network namespace.
+///
+/// # Errors
+/// Netlink errors.
+pub fn dump_links() -> io::Result<Vec<Link>> {
+    let mut links = Vec::new();
+    dump(RouteNetlinkMessage::GetLink(LinkMessage::default()), |m| {
+        if let RouteNetlinkMessage::NewLink(m) = m {
+            links.extend(link_of(&m));
+        }
+    })?;
+    Ok(links)
 }
 
 /// The BPF program name (as tc shows it) of the cls_bpf filter at
@@ -219,9 +225,6 @@ pub fn tc_filter_prog_name(
 ) -> io::Result<Option<String>> {
     use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
 
-    let mut sock = Socket::new(NETLINK_ROUTE)?;
-    sock.bind_auto()?;
-    sock.connect(&SocketAddr::new(0, 0))?;
     let mut msg = TcMessage::with_index(ifindex as i32);
     msg.header.parent = TcHandle {
         major: 0xffff,
@@ -231,62 +234,35 @@ pub fn tc_filter_prog_name(
             TcHandle::MIN_EGRESS
         },
     };
-    let mut req = NetlinkMessage::new(
-        NetlinkHeader::default(),
-        NetlinkPayload::from(RouteNetlinkMessage::GetTrafficFilter(msg)),
-    );
-    req.header.flags = NLM_F_DUMP | NLM_F_REQUEST;
-    req.header.sequence_number = 1;
-    req.finalize();
-    let mut buf = vec![0; req.buffer_len()];
-    req.serialize(&mut buf[..]);
-    sock.send(&buf, 0)?;
-
     let mut found = None;
-    let mut rx = vec![0u8; 1 << 16];
-    loop {
-        let size = sock.recv(&mut &mut rx[..], 0)?;
-        let mut bytes = &rx[..size];
-        while !bytes.is_empty() {
-            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
-                .map_err(io::Error::other)?;
-            let len = m.header.length as usize;
-            match m.payload {
-                NetlinkPayload::Done(_) => return Ok(found),
-                NetlinkPayload::Error(e) => {
-                    return match e.code.map(|c| -c.get()) {
-                        // No clsact or no filter chain: no filter.
-                        Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(None),
-                        Some(c) => Err(io::Error::from_raw_os_error(c)),
-                        None => Ok(found),
-                    };
-                }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(f)) => {
-                    // info = priority << 16 | protocol
-                    let prio = f.header.info >> 16;
-                    if u32::from(f.header.handle) == handle && prio == priority {
-                        for a in &f.attributes {
-                            if let TcAttribute::Options(opts) = a {
-                                for o in opts {
-                                    if let TcOption::Bpf(TcFilterBpfOption::ProgName(n)) = o {
-                                        // cls_bpf reports "name:[id]".
-                                        let name = n
-                                            .rsplit_once(":[")
-                                            .map_or(n.as_str(), |(name, _)| name);
-                                        found = Some(name.to_string());
-                                    }
-                                }
-                            }
-                        }
-                        found.get_or_insert_with(String::new);
+    let res = dump(RouteNetlinkMessage::GetTrafficFilter(msg), |m| {
+        let RouteNetlinkMessage::NewTrafficFilter(f) = m else {
+            return;
+        };
+        // info = priority << 16 | protocol
+        if u32::from(f.header.handle) != handle || f.header.info >> 16 != priority {
+            return;
+        }
+        let mut name = String::new();
+        for a in &f.attributes {
+            if let TcAttribute::Options(opts) = a {
+                for o in opts {
+                    if let TcOption::Bpf(TcFilterBpfOption::ProgName(n)) = o {
+                        // cls_bpf reports "name:[id]".
+                        name = n
+                            .rsplit_once(":[")
+                            .map_or(n.as_str(), |(n, _)| n)
+                            .to_string();
                     }
                 }
-                _ => {}
             }
-            if len == 0 || len > bytes.len() {
-                break;
-            }
-            bytes = &bytes[netlink_align(len).min(bytes.len())..];
         }
+        found = Some(name);
+    });
+    match res {
+        Ok(()) => Ok(found),
+        // No clsact or no filter chain: no filter.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => Ok(None),
+        Err(e) => Err(e),
     }
 }
