@@ -232,78 +232,15 @@ impl Cluster {
             per_node[node] += 1;
             let slot = 9 + per_node[node];
             let name = format!("{workload}-{}", pod_suffix(k));
-            let ns = NetNs::new(&format!("{prefix}-pod{k}"))?;
             let host_if = format!("{cni}{:x}{k:02}", 0xa0 + node);
-            let n = &nodes[node];
-            veth(&n.ns, &host_if, &ns, "eth0")?;
-            no_offloads(&n.ns, &host_if)?;
-            no_offloads(&ns, "eth0")?;
             let v4 = Ipv4Addr::new(10, 100, node as u8 + 1, slot);
-            // Calico-style point-to-point: the pod's gateway is a link-local
-            // address every host-side interface carries.
-            ns.exec(&["ip", "addr", "add", &format!("{v4}/32"), "dev", "eth0"])?;
-            ns.exec(&[
-                "ip",
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ])?;
-            ns.exec(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-            ])?;
-            n.ns.exec(&["ip", "addr", "add", "169.254.1.1/32", "dev", &host_if])?;
-            n.ns.exec(&["ip", "route", "add", &format!("{v4}/32"), "dev", &host_if])?;
-            let v6 = if dual {
-                let v6: Ipv6Addr = format!("fd00:100:{}::{slot}", node + 1)
-                    .parse()
-                    .expect("valid");
-                ns.exec(&[
-                    "ip",
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{v6}/128"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ])?;
-                n.ns.exec(&[
-                    "ip",
-                    "-6",
-                    "addr",
-                    "add",
-                    "fe80::1/64",
-                    "dev",
-                    &host_if,
-                    "nodad",
-                ])?;
-                ns.exec(&[
-                    "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
-                ])?;
-                n.ns.exec(&[
-                    "ip",
-                    "-6",
-                    "route",
-                    "add",
-                    &format!("{v6}/128"),
-                    "dev",
-                    &host_if,
-                ])?;
-                Some(v6)
-            } else {
-                None
-            };
+            let v6 = dual.then(|| {
+                format!("fd00:100:{}::{slot}", node + 1)
+                    .parse::<Ipv6Addr>()
+                    .expect("valid")
+            });
+            let n = &nodes[node];
+            let ns = plumb_pod(&format!("{prefix}-pod{k}"), n, &host_if, v4, v6)?;
             if vlan {
                 // Tag on the pod's egress; untag on the host side after
                 // netscope (TCX: appended after netscope's head position;
@@ -403,25 +340,122 @@ impl Cluster {
     /// # Errors
     /// When nft refuses the rules.
     pub fn install_reference(&self) -> io::Result<Reference> {
-        let mut per_node: Vec<Vec<(IpAddr, IpAddr)>> = vec![Vec::new(); self.nodes.len()];
+        let mut reference = Reference { refs: Vec::new() };
+        for node in 0..self.nodes.len() {
+            let pairs: Vec<_> = (0..self.pods.len())
+                .filter(|&i| self.pods[i].node == node)
+                .flat_map(|i| self.reference_pairs(i))
+                .collect();
+            reference.add(self, node, &pairs)?;
+        }
+        Ok(reference)
+    }
+
+    /// The address pairs whose packets pod `i`'s node forwards first:
+    /// from the pod to every other pod (IPv4, and IPv6 between dual-stack
+    /// pods) and to the database, and from the database to the pod.
+    fn reference_pairs(&self, i: usize) -> Vec<(IpAddr, IpAddr)> {
+        let p = &self.pods[i];
         let ext = IpAddr::V4(EXTERNAL_IP);
-        for p in &self.pods {
-            for q in &self.pods {
-                if p.name != q.name {
-                    per_node[p.node].push((IpAddr::V4(p.v4), IpAddr::V4(q.v4)));
-                    if let (Some(a), Some(b)) = (p.v6, q.v6) {
-                        per_node[p.node].push((IpAddr::V6(a), IpAddr::V6(b)));
-                    }
-                }
+        let mut pairs = Vec::new();
+        for q in self.pods.iter().filter(|q| q.name != p.name) {
+            pairs.push((IpAddr::V4(p.v4), IpAddr::V4(q.v4)));
+            if let (Some(a), Some(b)) = (p.v6, q.v6) {
+                pairs.push((IpAddr::V6(a), IpAddr::V6(b)));
             }
-            per_node[p.node].push((IpAddr::V4(p.v4), ext));
-            per_node[p.node].push((ext, IpAddr::V4(p.v4)));
         }
-        let mut refs = Vec::new();
-        for (i, pairs) in per_node.iter().enumerate() {
-            refs.push(NftReference::install(&self.nodes[i].ns, pairs)?);
+        pairs.push((IpAddr::V4(p.v4), ext));
+        pairs.push((ext, IpAddr::V4(p.v4)));
+        pairs
+    }
+
+    /// Deletes pod `i` (its namespace, veth pair and host routes go with
+    /// it) and creates a new pod of the same workload with the same
+    /// addresses on node `to`, the way a rescheduled pod that got its old
+    /// IP back would come up in another zone. Every node, the database and
+    /// the aggregator route the addresses to the new node; the reference
+    /// gets counters for the new pod on its node (the old node's counters
+    /// keep what they counted).
+    ///
+    /// Stop the pod's traffic first: packets in flight when its interface
+    /// disappears are forwarded by one node and never delivered.
+    ///
+    /// # Errors
+    /// When the new namespace, link, routes or counters cannot be made.
+    pub fn move_pod(
+        &mut self,
+        i: usize,
+        to: usize,
+        reference: &mut Reference,
+    ) -> io::Result<PodMove> {
+        let old = self.pods.remove(i);
+        let (v4, v6, vlan) = (old.v4, old.v6, old.vlan);
+        let done = PodMove {
+            pod: i,
+            old_name: old.name.clone(),
+            old_node: old.node,
+            v4,
+            v6,
+        };
+        if vlan {
+            return Err(io::Error::other(
+                "moving the VLAN-tagged pod is not supported",
+            ));
         }
-        Ok(Reference { refs })
+        let (namespace, workload) = (old.namespace, old.workload);
+        drop(old);
+        let cni = PODS
+            .iter()
+            .find(|p| p.2 == to && !p.5)
+            .map_or("veth", |p| p.3);
+        let host_if = format!("{cni}{:x}{:02}", 0xa0 + to, PODS.len() + i);
+        let node = &self.nodes[to];
+        let ns = plumb_pod(
+            &format!("{}-pod{}-moved", self.prefix, i),
+            node,
+            &host_if,
+            v4,
+            v6,
+        )?;
+        let via = node.ip.to_string();
+        let via6 = node.ip6.to_string();
+        for (j, n) in self.nodes.iter().enumerate() {
+            if j == to {
+                continue;
+            }
+            n.ns.exec(&["ip", "route", "replace", &format!("{v4}/32"), "via", &via])?;
+            if let Some(v6) = v6 {
+                n.ns.exec(&[
+                    "ip",
+                    "-6",
+                    "route",
+                    "replace",
+                    &format!("{v6}/128"),
+                    "via",
+                    &via6,
+                ])?;
+            }
+        }
+        for ns in [&self.ext, &self.agg] {
+            ns.exec(&["ip", "route", "replace", &format!("{v4}/32"), "via", &via])?;
+        }
+        self.pods.insert(
+            i,
+            SimPod {
+                name: format!("{workload}-{}", pod_suffix(PODS.len() + i)),
+                namespace,
+                workload,
+                node: to,
+                host_if,
+                ns,
+                v4,
+                v6,
+                vlan: false,
+            },
+        );
+        let pairs = self.reference_pairs(i);
+        reference.add(self, to, &pairs)?;
+        Ok(done)
     }
 
     /// Packets the VLAN pod sent that carried a metadata tag at the host side.
@@ -438,6 +472,83 @@ impl Cluster {
     }
 }
 
+/// Creates the pod namespace `ns_name` behind `host_if` on `node`, with
+/// `v4` (and `v6`): Calico-style point-to-point links whose gateway is a
+/// link-local address every host-side interface carries, and host routes
+/// to the pod on its node.
+fn plumb_pod(
+    ns_name: &str,
+    node: &SimNode,
+    host_if: &str,
+    v4: Ipv4Addr,
+    v6: Option<Ipv6Addr>,
+) -> io::Result<NetNs> {
+    let ns = NetNs::new(ns_name)?;
+    veth(&node.ns, host_if, &ns, "eth0")?;
+    no_offloads(&node.ns, host_if)?;
+    no_offloads(&ns, "eth0")?;
+    ns.exec(&["ip", "addr", "add", &format!("{v4}/32"), "dev", "eth0"])?;
+    ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ])?;
+    ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ])?;
+    node.ns
+        .exec(&["ip", "addr", "add", "169.254.1.1/32", "dev", host_if])?;
+    node.ns
+        .exec(&["ip", "route", "add", &format!("{v4}/32"), "dev", host_if])?;
+    if let Some(v6) = v6 {
+        ns.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        node.ns.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "fe80::1/64",
+            "dev",
+            host_if,
+            "nodad",
+        ])?;
+        ns.exec(&[
+            "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+        ])?;
+        node.ns.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            &format!("{v6}/128"),
+            "dev",
+            host_if,
+        ])?;
+    }
+    Ok(ns)
+}
+
 fn pod_suffix(k: usize) -> String {
     const A: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut x = (k as u64 + 7).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -449,21 +560,56 @@ fn pod_suffix(k: usize) -> String {
     format!("5d8f{}-{s}", k % 10)
 }
 
+/// What [`Cluster::move_pod`] did.
+#[derive(Debug, Clone)]
+pub struct PodMove {
+    /// Index of the pod in [`Cluster::pods`] (the new pod has the same one).
+    pub pod: usize,
+    /// The deleted pod's name.
+    pub old_name: String,
+    /// The deleted pod's node (index into [`Cluster::nodes`]).
+    pub old_node: usize,
+    /// The address both pods held.
+    pub v4: Ipv4Addr,
+    /// The IPv6 address both pods held, if any.
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl PodMove {
+    /// True when `ip` is one of the moved addresses.
+    pub fn holds(&self, ip: IpAddr) -> bool {
+        ip == IpAddr::V4(self.v4) || self.v6.is_some_and(|v6| ip == IpAddr::V6(v6))
+    }
+}
+
 /// The nftables reference counters of a [`Cluster`].
 #[derive(Debug)]
 pub struct Reference {
-    refs: Vec<NftReference>,
+    /// (node index, its counters); a node may have several sets.
+    refs: Vec<(usize, NftReference)>,
 }
 
 impl Reference {
+    /// Installs counters for `pairs` in node `node`'s forward hook.
+    fn add(
+        &mut self,
+        cluster: &Cluster,
+        node: usize,
+        pairs: &[(IpAddr, IpAddr)],
+    ) -> io::Result<()> {
+        let r = NftReference::install(&cluster.nodes[node].ns, pairs)?;
+        self.refs.push((node, r));
+        Ok(())
+    }
+
     /// Every pair's counters, summed over the nodes that count it.
     ///
     /// # Errors
     /// When nft fails.
     pub fn read(&self, cluster: &Cluster) -> io::Result<HashMap<(IpAddr, IpAddr), Counters>> {
         let mut all: HashMap<(IpAddr, IpAddr), Counters> = HashMap::new();
-        for (i, r) in self.refs.iter().enumerate() {
-            for (pair, c) in r.read(&cluster.nodes[i].ns)? {
+        for (node, r) in &self.refs {
+            for (pair, c) in r.read(&cluster.nodes[*node].ns)? {
                 *all.entry(pair).or_default() += c;
             }
         }
@@ -604,12 +750,76 @@ pub fn client(
     })
 }
 
+/// One client of the traffic mix: what [`client`] is started with.
+#[derive(Debug, Clone)]
+struct Pattern {
+    /// The client pod (index into [`Cluster::pods`]).
+    from: usize,
+    to: SocketAddr,
+    /// The pod that answers (for the ClusterIP, its backend); `None` for the database.
+    target: Option<usize>,
+    req: u32,
+    resp: u32,
+    every: Duration,
+    label: &'static str,
+}
+
+/// A started thread and the flag that stops it.
+#[derive(Debug)]
+struct Running<T> {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<T>,
+}
+
 /// Everything the traffic mix started.
 #[derive(Debug)]
 pub struct Traffic {
-    stop: Arc<AtomicBool>,
-    servers: Vec<JoinHandle<()>>,
-    clients: Vec<JoinHandle<(&'static str, u64)>>,
+    /// (serving pod, or `None` for the database; its server).
+    servers: Vec<(Option<usize>, Running<()>)>,
+    clients: Vec<(Pattern, Running<(&'static str, u64)>)>,
+    /// Clients stopped by [`Traffic::pause_pod`], to start again.
+    paused: Vec<Pattern>,
+    /// Exchanges of clients that have already stopped.
+    finished: Vec<(&'static str, u64)>,
+}
+
+/// The workloads that serve on [`SERVER_PORT`].
+const SERVERS: [&str; 4] = ["api", "cache", "storage", "frontend"];
+
+fn serve_pod(c: &Cluster, i: usize) -> Vec<(Option<usize>, Running<()>)> {
+    let p = &c.pods[i];
+    if !SERVERS.contains(&p.workload) {
+        return Vec::new();
+    }
+    let mut addrs = vec![IpAddr::V4(p.v4)];
+    addrs.extend(p.v6.map(IpAddr::V6));
+    addrs
+        .into_iter()
+        .map(|ip| {
+            let stop = Arc::new(AtomicBool::new(false));
+            let handle = serve(&p.ns, SocketAddr::new(ip, SERVER_PORT), stop.clone());
+            (Some(i), Running { stop, handle })
+        })
+        .collect()
+}
+
+fn start_client(
+    c: &Cluster,
+    p: Pattern,
+    deadline: Instant,
+) -> (Pattern, Running<(&'static str, u64)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = client(
+        &c.pods[p.from].ns,
+        p.to,
+        p.req,
+        p.resp,
+        p.every,
+        deadline,
+        stop.clone(),
+        p.label,
+    );
+    (p, Running { stop, handle })
 }
 
 impl Traffic {
@@ -619,37 +829,20 @@ impl Traffic {
     /// storage, VLAN-tagged), a chatty client of the `cache` Service behind
     /// the ClusterIP, same-zone calls, and queries to the external database.
     pub fn start(c: &Cluster, deadline: Instant) -> Traffic {
+        let mut servers: Vec<_> = (0..c.pods.len()).flat_map(|i| serve_pod(c, i)).collect();
         let stop = Arc::new(AtomicBool::new(false));
-        let mut servers = Vec::new();
-        for p in &c.pods {
-            if matches!(p.workload, "api" | "cache" | "storage" | "frontend") {
-                servers.push(serve(
-                    &p.ns,
-                    SocketAddr::new(IpAddr::V4(p.v4), SERVER_PORT),
-                    stop.clone(),
-                ));
-                if let Some(v6) = p.v6 {
-                    servers.push(serve(
-                        &p.ns,
-                        SocketAddr::new(IpAddr::V6(v6), SERVER_PORT),
-                        stop.clone(),
-                    ));
-                }
-            }
-        }
-        servers.push(serve(
+        let handle = serve(
             &c.ext,
             SocketAddr::new(IpAddr::V4(EXTERNAL_IP), 5432),
             stop.clone(),
-        ));
+        );
+        servers.push((None, Running { stop, handle }));
         let pod = |w: &str, node: usize| {
             c.pods
                 .iter()
                 .position(|p| p.workload == w && p.node == node)
                 .expect("pod")
         };
-        let at = |i: usize| SocketAddr::new(IpAddr::V4(c.pods[i].v4), SERVER_PORT);
-        let ms = Duration::from_millis;
         let (fe1, web, fe2, reports) = (
             pod("frontend", 0),
             pod("web", 0),
@@ -662,104 +855,128 @@ impl Traffic {
             .iter()
             .rposition(|p| p.workload == "api")
             .expect("api");
-        let mut clients = vec![
+        let ms = Duration::from_millis;
+        let to_pod = |from: usize, to: usize, req, resp, every, label| Pattern {
+            from,
+            to: SocketAddr::new(IpAddr::V4(c.pods[to].v4), SERVER_PORT),
+            target: Some(to),
+            req,
+            resp,
+            every,
+            label,
+        };
+        let mut patterns = vec![
             // HTTP-like: small requests, 24 KB responses, zone a -> b.
-            client(
-                &c.pods[fe1].ns,
-                at(api1),
-                400,
-                24_000,
-                ms(20),
-                deadline,
-                stop.clone(),
-                "frontend->api",
-            ),
-            client(
-                &c.pods[fe2].ns,
-                at(api2),
-                350,
-                16_000,
-                ms(25),
-                deadline,
-                stop.clone(),
-                "frontend->api",
-            ),
+            to_pod(fe1, api1, 400, 24_000, ms(20), "frontend->api"),
+            to_pod(fe2, api2, 350, 16_000, ms(25), "frontend->api"),
             // Bulk: 256 KB uploads, zone a -> c, from the VLAN-tagged pod.
-            client(
-                &c.pods[reports].ns,
-                at(storage),
-                256 * 1024,
-                0,
-                ms(40),
-                deadline,
-                stop.clone(),
-                "reports->storage",
-            ),
+            to_pod(reports, storage, 256 * 1024, 0, ms(40), "reports->storage"),
             // Chatty, through the ClusterIP: tiny requests, 2 KB answers.
-            client(
-                &c.pods[web].ns,
-                SocketAddr::new(IpAddr::V4(CLUSTER_IP), SERVICE_PORT),
-                120,
-                2_000,
-                ms(5),
-                deadline,
-                stop.clone(),
-                "web->cache (ClusterIP)",
-            ),
+            Pattern {
+                from: web,
+                to: SocketAddr::new(IpAddr::V4(CLUSTER_IP), SERVICE_PORT),
+                target: Some(c.service_backend),
+                req: 120,
+                resp: 2_000,
+                every: ms(5),
+                label: "web->cache (ClusterIP)",
+            },
             // Same zone: web -> frontend on the other zone-a node.
-            client(
-                &c.pods[web].ns,
-                at(fe2),
-                200,
-                4_000,
-                ms(30),
-                deadline,
-                stop.clone(),
-                "web->frontend",
-            ),
+            to_pod(web, fe2, 200, 4_000, ms(30), "web->frontend"),
             // The external database, from zone b.
-            client(
-                &c.pods[orders].ns,
-                SocketAddr::new(IpAddr::V4(EXTERNAL_IP), 5432),
-                300,
-                8_000,
-                ms(25),
-                deadline,
-                stop.clone(),
-                "orders->rds",
-            ),
+            Pattern {
+                from: orders,
+                to: SocketAddr::new(IpAddr::V4(EXTERNAL_IP), 5432),
+                target: None,
+                req: 300,
+                resp: 8_000,
+                every: ms(25),
+                label: "orders->rds",
+            },
         ];
         // IPv6: frontend (zone a) -> api (zone b), both dual-stack.
         if let (Some(_), Some(v6)) = (c.pods[fe1].v6, c.pods[api1].v6) {
-            clients.push(client(
-                &c.pods[fe1].ns,
-                SocketAddr::new(IpAddr::V6(v6), SERVER_PORT),
-                300,
-                12_000,
-                ms(40),
-                deadline,
-                stop.clone(),
-                "frontend->api (IPv6)",
-            ));
+            patterns.push(Pattern {
+                to: SocketAddr::new(IpAddr::V6(v6), SERVER_PORT),
+                ..to_pod(fe1, api1, 300, 12_000, ms(40), "frontend->api (IPv6)")
+            });
         }
+        let clients = patterns
+            .into_iter()
+            .map(|p| start_client(c, p, deadline))
+            .collect();
         Traffic {
-            stop,
             servers,
             clients,
+            paused: Vec::new(),
+            finished: Vec::new(),
         }
     }
 
-    /// Stops everything and returns (pattern, completed exchanges).
-    pub fn stop(self) -> Vec<(&'static str, u64)> {
-        let out: Vec<_> = self
-            .clients
+    /// Stops every client that talks to or from pod `i`, then the pod's
+    /// servers, and waits for them: when it returns, no connection of the
+    /// pod is open.
+    pub fn pause_pod(&mut self, i: usize) {
+        let (hit, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.clients)
             .into_iter()
-            .map(|h| h.join().unwrap_or(("panicked", 0)))
-            .collect();
-        self.stop.store(true, Ordering::Relaxed);
-        for s in self.servers {
-            let _ = s.join();
+            .partition(|(p, _)| p.from == i || p.target == Some(i));
+        self.clients = keep;
+        for (_, r) in &hit {
+            r.stop.store(true, Ordering::Relaxed);
         }
-        out
+        for (p, r) in hit {
+            self.finished
+                .push(r.handle.join().unwrap_or(("panicked", 0)));
+            self.paused.push(p);
+        }
+        let (hit, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.servers)
+            .into_iter()
+            .partition(|(pod, _)| *pod == Some(i));
+        self.servers = keep;
+        for (_, r) in &hit {
+            r.stop.store(true, Ordering::Relaxed);
+        }
+        for (_, r) in hit {
+            let _ = r.handle.join();
+        }
+    }
+
+    /// Starts pod `i`'s servers again (in its current namespace: after
+    /// [`Cluster::move_pod`], the new pod's) and the clients
+    /// [`pause_pod`](Self::pause_pod) stopped, running until `deadline`.
+    pub fn resume_pod(&mut self, c: &Cluster, i: usize, deadline: Instant) {
+        self.servers.extend(serve_pod(c, i));
+        let (resume, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.paused)
+            .into_iter()
+            .partition(|p| p.from == i || p.target == Some(i));
+        self.paused = keep;
+        for p in resume {
+            self.clients.push(start_client(c, p, deadline));
+        }
+    }
+
+    /// Waits for the clients to reach their deadline, stops the servers and
+    /// returns (pattern, completed exchanges), a pattern's runs summed.
+    pub fn stop(self) -> Vec<(&'static str, u64)> {
+        let mut out = self.finished;
+        out.extend(
+            self.clients
+                .into_iter()
+                .map(|(_, r)| r.handle.join().unwrap_or(("panicked", 0))),
+        );
+        for (_, r) in &self.servers {
+            r.stop.store(true, Ordering::Relaxed);
+        }
+        for (_, r) in self.servers {
+            let _ = r.handle.join();
+        }
+        let mut summed: Vec<(&'static str, u64)> = Vec::new();
+        for (label, n) in out {
+            match summed.iter_mut().find(|(l, _)| *l == label) {
+                Some(e) => e.1 += n,
+                None => summed.push((label, n)),
+            }
+        }
+        summed
     }
 }

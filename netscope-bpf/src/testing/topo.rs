@@ -148,7 +148,8 @@ pub struct NftReference {
 pub const NFT_TABLE: &str = "netscope_ref";
 
 impl NftReference {
-    /// Installs one named counter per ordered pair, in `ns`'s forward hook.
+    /// Installs one named counter per ordered pair, in `ns`'s forward hook
+    /// (table [`NFT_TABLE`], created on first use).
     ///
     /// # Errors
     /// When nft refuses the rules.
@@ -156,9 +157,12 @@ impl NftReference {
         let mut script = format!(
             "table inet {NFT_TABLE} {{\n chain forward_ref {{ type filter hook forward priority -300; policy accept; }}\n}}\n"
         );
+        // Several sets may share a namespace's table: names are unique per process.
+        static SET: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let set = SET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut names = Vec::new();
         for (i, (s, d)) in pairs.iter().enumerate() {
-            let name = format!("c{i}");
+            let name = format!("c{set}_{i}");
             let fam = if s.is_ipv4() { "ip" } else { "ip6" };
             script.push_str(&format!("add counter inet {NFT_TABLE} {name}\n"));
             script.push_str(&format!(
