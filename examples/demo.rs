@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use netscope::AttachMode;
+use netscope::Counters;
 use netscope_bpf::testing::netns::{self, NetNs};
-use netscope_bpf::testing::sim::{self, Cluster, Traffic, AGGREGATOR_IP};
+use netscope_bpf::testing::sim::{self, Cluster, PodMove, Reference, Traffic, AGGREGATOR_IP};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,6 +59,11 @@ struct Args {
     /// agent at a third of the run, restart the aggregator at two thirds.
     #[arg(long)]
     restarts: bool,
+    /// Mid-run (for the end-to-end test): at two fifths, delete the
+    /// `storage` pod and re-create it under a new name with the same IP on
+    /// a node in another zone; bytes must follow the pod that held the IP.
+    #[arg(long)]
+    move_pod: bool,
     /// Namespace prefix (must start with ns- or netscope-test-).
     #[arg(long, default_value = "ns-sim")]
     prefix: String,
@@ -81,6 +87,9 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if !self.alive() {
+            return;
+        }
         // SIGTERM first: agents detach and flush; then make sure.
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -184,6 +193,18 @@ fn proxy(
 
 /// The node whose agent the restart test kills (node-3, zone b: the `api` pods).
 const RESTARTED_NODE: usize = 2;
+/// The workload whose pod `--move-pod` deletes and re-creates elsewhere
+/// (on node-6, zone c; a server only, so pausing its traffic is simple).
+const MOVED_WORKLOAD: &str = "storage";
+/// Where it comes back: node-4, zone b.
+const MOVED_TO_NODE: usize = 3;
+
+/// A pod move and the reference counters read at the moment of the move,
+/// when no traffic to or from the address was in flight.
+struct Moved {
+    info: PodMove,
+    at_move: HashMap<(IpAddr, IpAddr), Counters>,
+}
 
 fn wait_attached(p: &mut Proc, want: usize, interrupted: &AtomicBool) -> Result<()> {
     let end = Instant::now() + Duration::from_secs(30);
@@ -212,6 +233,70 @@ fn wait_attached(p: &mut Proc, want: usize, interrupted: &AtomicBool) -> Result<
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Links an agent must attach to: both directions of each of its node's pods.
+fn links_of(cluster: &Cluster, node: usize) -> usize {
+    2 * cluster.pods.iter().filter(|p| p.node == node).count()
+}
+
+/// Deletes the `storage` pod and re-creates it, same IP, on a node in
+/// another zone, in the order that makes every byte attributable: its
+/// traffic stops; the pod moves; the agents report the old pod's last
+/// bytes (two collection intervals); the reference is read; the topology
+/// file changes and the aggregator reloads it (the old pod's claim on the
+/// address ends then, the new one's starts); the new node's agent attaches;
+/// the traffic starts again.
+#[expect(clippy::too_many_arguments, reason = "the demo's moving parts")]
+fn move_pod(
+    cluster: &mut Cluster,
+    reference: &mut Reference,
+    traffic: &mut Traffic,
+    agent: &mut Proc,
+    topo: &Path,
+    args: &Args,
+    deadline: Instant,
+    interrupted: &AtomicBool,
+) -> Result<Moved> {
+    let i = cluster
+        .pods
+        .iter()
+        .position(|p| p.workload == MOVED_WORKLOAD)
+        .context("no pod to move")?;
+    traffic.pause_pod(i);
+    // Connection teardown (FIN, last ACK) is over well within a second.
+    std::thread::sleep(Duration::from_secs(1));
+    let info = cluster
+        .move_pod(i, MOVED_TO_NODE, reference)
+        .context("moving the pod")?;
+    let interval = collection_interval(args);
+    std::thread::sleep(interval * 2 + Duration::from_secs(1));
+    let at_move = reference
+        .read(cluster)
+        .context("reading the reference at the move")?;
+    let loads = |s: &[Sample]| sum(s, "netscope_topology_loads_total");
+    let before = loads(&scrape(args.metrics_addr).context("scraping before the move")?);
+    let tmp = topo.with_extension("yaml.new");
+    std::fs::write(&tmp, cluster.topology_yaml())?;
+    std::fs::rename(&tmp, topo)?;
+    let end = Instant::now() + Duration::from_secs(30);
+    while loads(&scrape(args.metrics_addr)?) <= before {
+        if Instant::now() > end || interrupted.load(Ordering::Relaxed) {
+            bail!("the aggregator did not reload the topology within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_attached(agent, links_of(cluster, MOVED_TO_NODE), interrupted)?;
+    traffic.resume_pod(
+        cluster,
+        i,
+        deadline.max(Instant::now() + Duration::from_secs(4)),
+    );
+    Ok(Moved { info, at_move })
+}
+
+fn collection_interval(args: &Args) -> Duration {
+    humantime::parse_duration(&args.collection_interval).unwrap_or(Duration::from_secs(2))
 }
 
 /// One Prometheus sample: name, labels, value.
@@ -277,12 +362,25 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
     m
 }
 
+/// One sample per series: the values of `a` and `b` added.
+fn merge(a: Vec<Sample>, b: Vec<Sample>) -> Vec<Sample> {
+    let mut by_series: BTreeMap<(String, BTreeMap<String, String>), f64> = BTreeMap::new();
+    for (name, labels, v) in a.into_iter().chain(b) {
+        *by_series.entry((name, labels)).or_default() += v;
+    }
+    by_series
+        .into_iter()
+        .map(|((name, labels), v)| (name, labels, v))
+        .collect()
+}
+
 fn sum(samples: &[Sample], name: &str) -> f64 {
     samples.iter().filter(|s| s.0 == name).map(|s| s.2).sum()
 }
 
 fn human(bytes: f64) -> String {
-    let bytes = bytes.max(0.0);
+    // Also turns the -0.0 of an empty float sum into 0.
+    let bytes = if bytes > 0.0 { bytes } else { 0.0 };
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes;
     let mut u = 0;
@@ -329,8 +427,8 @@ fn run(
     interrupted: &Arc<AtomicBool>,
 ) -> Result<()> {
     println!("demo: building the simulated cluster (3 zones x 2 nodes, 10 pods, an external database) ...");
-    let cluster = Cluster::build(&args.prefix).context("building the simulated cluster")?;
-    let reference = cluster
+    let mut cluster = Cluster::build(&args.prefix).context("building the simulated cluster")?;
+    let mut reference = cluster
         .install_reference()
         .context("installing the nftables reference counters")?;
     let topo = dir.join("topology.yaml");
@@ -346,6 +444,8 @@ fn run(
         topo.display().to_string(),
         "--custom-endpoints".into(),
         custom.display().to_string(),
+        "--reload-interval".into(),
+        "1s".into(),
     ];
     let agent_args = |n: &sim::SimNode| -> Vec<String> {
         vec![
@@ -389,10 +489,9 @@ fn run(
         })
         .collect::<Result<Vec<_>>>()?;
     // Links an agent must attach to: both directions of each of its pods.
-    let links_of = |node: usize| 2 * cluster.pods.iter().filter(|p| p.node == node).count();
     // Wait until every agent attached to all of its pods' links.
     for (i, agent) in agents.iter_mut().enumerate() {
-        wait_attached(agent, links_of(i), interrupted)?;
+        wait_attached(agent, links_of(&cluster, i), interrupted)?;
     }
     if !aggregator.alive() {
         bail!(
@@ -413,12 +512,19 @@ fn run(
     );
     let t0 = Instant::now();
     let deadline = t0 + args.duration;
-    let traffic = Traffic::start(&cluster, deadline);
+    let mut traffic = Traffic::start(&cluster, deadline);
     let mut next_progress = t0 + Duration::from_secs(5);
     let (agent_restart_at, agg_restart_at) = (t0 + args.duration / 3, t0 + args.duration * 2 / 3);
     let (mut agent_restarted, mut agg_restarted) = (!args.restarts, !args.restarts);
+    let (move_at, mut moved) = (t0 + args.duration * 2 / 5, None);
     let mut before_agg_restart: Vec<Sample> = Vec::new();
-    while Instant::now() < deadline && !interrupted.load(Ordering::Relaxed) {
+    // A disruption that a slow machine pushed past the deadline still runs.
+    while (Instant::now() < deadline
+        || !agent_restarted
+        || !agg_restarted
+        || (args.move_pod && moved.is_none()))
+        && !interrupted.load(Ordering::Relaxed)
+    {
         std::thread::sleep(Duration::from_millis(100));
         if !agent_restarted && Instant::now() >= agent_restart_at {
             agent_restarted = true;
@@ -439,7 +545,32 @@ fn run(
                 &agent_args(n),
                 dir,
             )?;
-            wait_attached(&mut agents[i], links_of(i), interrupted)?;
+            wait_attached(&mut agents[i], links_of(&cluster, i), interrupted)?;
+        }
+        if args.move_pod && moved.is_none() && Instant::now() >= move_at {
+            let m = move_pod(
+                &mut cluster,
+                &mut reference,
+                &mut traffic,
+                &mut agents[MOVED_TO_NODE],
+                &topo,
+                args,
+                deadline,
+                interrupted,
+            )?;
+            let p = &cluster.pods[m.info.pod];
+            println!(
+                "  {:>4}s  pod {} deleted on {} ({}); {} created on {} ({}) with the same IP {}",
+                t0.elapsed().as_secs(),
+                m.info.old_name,
+                cluster.nodes[m.info.old_node].name,
+                cluster.nodes[m.info.old_node].zone,
+                p.name,
+                cluster.nodes[p.node].name,
+                cluster.nodes[p.node].zone,
+                p.v4
+            );
+            moved = Some(m);
         }
         if !agg_restarted && Instant::now() >= agg_restart_at {
             agg_restarted = true;
@@ -456,17 +587,18 @@ fn run(
             std::thread::sleep(Duration::from_millis(500));
             before_agg_restart =
                 scrape(args.metrics_addr).context("scraping before the aggregator restart")?;
-            // Stop the old one before the new one binds the same port.
-            let old = std::mem::replace(
-                &mut aggregator,
-                spawn_in(&cluster.agg, "aggregator-2", agg_bin, &agg_args, dir)?,
-            );
-            drop(old);
+            // Kill the old one (nothing reaches it any more, so it has
+            // nothing left to count), and only then start the new one on
+            // the same port. A graceful stop would wait out its shutdown
+            // grace for the agents' held connections.
+            let _ = aggregator.child.kill();
+            let _ = aggregator.child.wait();
+            aggregator = spawn_in(&cluster.agg, "aggregator-2", agg_bin, &agg_args, dir)?;
             cluster
                 .agg
                 .exec(&["nft", "delete table inet netscope_demo_hold"])?;
             println!(
-                "  {:>4}s  aggregator restarted; agents resend what it had not acknowledged",
+                "  {:>4}s  aggregator killed (-9) after its last scrape and started again; agents resend what it had not acknowledged",
                 t0.elapsed().as_secs()
             );
         }
@@ -488,13 +620,11 @@ fn run(
         return Ok(());
     }
     // Let the agents drain and report the last interval.
-    let interval =
-        humantime::parse_duration(&args.collection_interval).unwrap_or(Duration::from_secs(2));
-    std::thread::sleep(interval * 2 + Duration::from_secs(1));
+    std::thread::sleep(collection_interval(args) * 2 + Duration::from_secs(1));
     let mut samples = scrape(args.metrics_addr).context("scraping the aggregator")?;
     // Counters restart with the aggregator: the totals are the last scrape
     // before the restart plus everything after it.
-    samples.extend(before_agg_restart);
+    samples = merge(samples, before_agg_restart);
     report(&samples, elapsed, &exchanges);
 
     let mut failed = false;
@@ -502,7 +632,13 @@ fn run(
         failed |= !prometheus_queries(addr, &samples, args.verify)?;
     }
     if args.verify {
-        failed |= !verify(&cluster, &reference, &samples, args.restarts)?;
+        failed |= !verify(
+            &cluster,
+            &reference,
+            &samples,
+            args.restarts,
+            moved.as_ref(),
+        )?;
         if args.restarts && args.attach_mode == AttachMode::Tc {
             // The restarted agent replaced its filters; it did not add copies.
             for p in cluster.pods.iter().filter(|p| p.node == RESTARTED_NODE) {
@@ -646,6 +782,7 @@ fn verify(
     reference: &sim::Reference,
     samples: &[Sample],
     restarts: bool,
+    moved: Option<&Moved>,
 ) -> Result<bool> {
     // With a restarted agent, what that agent had counted but not yet
     // reported died with it (kill -9), so pairs whose counted observation
@@ -676,10 +813,26 @@ fn verify(
     );
     let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
     for ((s, d), c) in &refs {
-        if c.bytes > 0 {
-            *want
-                .entry((names[s].0.clone(), names[d].0.clone()))
-                .or_default() += c.bytes;
+        let (src, dst) = (names[s].0.clone(), names[d].0.clone());
+        let mut bytes = c.bytes;
+        if let Some(m) = moved.filter(|m| m.info.holds(*s) || m.info.holds(*d)) {
+            // Up to the move the address was the old pod's; after it, the
+            // new pod's. The reference read at the move splits the bytes.
+            let before = m.at_move.get(&(*s, *d)).map_or(0, |c| c.bytes);
+            if before > 0 {
+                let old = |ip: &IpAddr, name: &String| {
+                    if m.info.holds(*ip) {
+                        m.info.old_name.clone()
+                    } else {
+                        name.clone()
+                    }
+                };
+                *want.entry((old(s, &src), old(d, &dst))).or_default() += before;
+            }
+            bytes -= before;
+        }
+        if bytes > 0 {
+            *want.entry((src, dst)).or_default() += bytes;
         }
     }
     let mut got: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -693,7 +846,8 @@ fn verify(
     println!("\n== verify: every pod_network_traffic_bytes_total series against nftables ==");
     for (pair, w) in &want {
         let g = got.get(pair).copied().unwrap_or(0);
-        let pod_names: Vec<&str> = cluster.pods.iter().map(|p| p.name.as_str()).collect();
+        let mut pod_names: Vec<&str> = cluster.pods.iter().map(|p| p.name.as_str()).collect();
+        pod_names.extend(moved.map(|m| m.info.old_name.as_str()));
         let counted_on_restarted = on_restarted.contains(&pair.1)
             || (on_restarted.contains(&pair.0) && !pod_names.contains(&pair.1.as_str()));
         let good = if counted_on_restarted {
@@ -751,6 +905,9 @@ fn verify(
             "  MISMATCH {service_series} series attributed to the Service instead of its backend"
         );
     }
+    if let Some(m) = moved {
+        ok &= verify_move(cluster, m, samples, &want);
+    }
     let verdict = match (ok, restarts) {
         (false, _) => "FAILED",
         (true, false) => "all equal to the byte",
@@ -760,6 +917,60 @@ fn verify(
     };
     println!("verify: {} pod pairs, {verdict}", want.len());
     Ok(ok)
+}
+
+/// The moved pod: the old pod's series carry the old zone, the new pod's
+/// the new zone, and both got traffic (their bytes were checked against
+/// the reference above).
+fn verify_move(
+    cluster: &Cluster,
+    m: &Moved,
+    samples: &[Sample],
+    want: &BTreeMap<(String, String), u64>,
+) -> bool {
+    let new = &cluster.pods[m.info.pod];
+    let mut ok = true;
+    let mut report = Vec::new();
+    for (name, node) in [(&m.info.old_name, m.info.old_node), (&new.name, new.node)] {
+        let zone = cluster.nodes[node].zone;
+        let mut bytes = 0u64;
+        for (metric, l, v) in samples {
+            if metric != "pod_network_traffic_bytes_total" {
+                continue;
+            }
+            for side in ["src", "dst"] {
+                if &l[&format!("{side}_pod")] == name {
+                    bytes += *v as u64;
+                    if l[&format!("{side}_zone")] != zone {
+                        ok = false;
+                        println!(
+                            "  MISMATCH {name} has a series in zone {}, want {zone}",
+                            l[&format!("{side}_zone")]
+                        );
+                    }
+                }
+            }
+        }
+        let reference: u64 = want
+            .iter()
+            .filter(|((s, d), _)| s == name || d == name)
+            .map(|(_, b)| b)
+            .sum();
+        ok &= bytes > 0 && bytes == reference;
+        report.push(format!("{name} ({zone}) {bytes} B"));
+    }
+    println!(
+        "verify: moved pod, same IP {}: {} before the move, {} after; {}",
+        m.info.v4,
+        report[0],
+        report[1],
+        if ok {
+            "ok: zones right, equal to nftables"
+        } else {
+            "MISMATCH"
+        }
+    );
+    ok
 }
 
 fn start_prometheus(addr: SocketAddr, target: SocketAddr, dir: &Path) -> Result<Proc> {

@@ -6,8 +6,13 @@
 //! external traffic to the custom endpoint. Mid-run, one agent is killed
 //! with SIGKILL and restarted (its pairs may fall short, never over; in
 //! legacy-TC mode its filters are replaced, not duplicated), and the
-//! aggregator is restarted (agents resend; the pre-restart scrape plus the
-//! new counters equal the reference). Runs in TCX and legacy-TC mode.
+//! aggregator is killed after its last scrape and started again (agents
+//! resend; the pre-restart scrape plus the new counters equal the
+//! reference). At two fifths of the run the `storage` pod is
+//! deleted and re-created under a new name, with the same IP, on a node in
+//! another zone: the bytes before the move belong to the old pod and its
+//! zone, those after to the new pod and its zone, each equal to the
+//! reference. Runs in TCX and legacy-TC mode.
 //! Needs root; removes everything it makes.
 
 use std::path::PathBuf;
@@ -44,8 +49,10 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16) {
     let out = Command::new(&demo)
         .args([
             "--duration",
-            "12s",
+            "24s",
             "--verify",
+            "--restarts",
+            "--move-pod",
             "--exit",
             "--attach-mode",
             mode,
@@ -77,6 +84,22 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16) {
     assert!(
         stdout.contains("cache-") && stdout.contains("-> web-"),
         "ClusterIP backend traffic missing:\n{stdout}"
+    );
+    // The disruptions really happened.
+    assert!(
+        stdout.contains("killed (-9); starting it again")
+            && stdout.contains("aggregator killed (-9) after its last scrape"),
+        "the agent and aggregator restarts did not run:\n{stdout}"
+    );
+    if mode == "tc" {
+        assert!(
+            stdout.contains("1 netscope filter(s) after the restart"),
+            "the restarted agent's filters were not checked:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("verify: moved pod") && stdout.contains("ok: zones right"),
+        "the pod move was not verified:\n{stdout}"
     );
     assert!(
         stdout.contains("rds-primary"),
