@@ -32,6 +32,7 @@ pub mod kube;
 pub mod layered;
 pub mod lpm;
 pub mod static_topo;
+mod watched;
 
 pub use cluster::{ClusterSnapshot, ClusterSnapshotBuilder};
 pub use custom::{CustomEndpoints, CustomEndpointsOptions, ReloadOutcome};
