@@ -21,6 +21,7 @@ use netscope::export::recorder::RecorderBuilder;
 use netscope::resolve::kube::{KubeResolver, KubeResolverConfig};
 use netscope::resolve::{
     CustomEndpoints, CustomEndpointsOptions, IpPrefix, LayeredResolver, StaticResolver,
+    StaticTopologyOptions,
 };
 use netscope::transport::server::{
     serve, HttpEndpoints, ServerConfig, ServerTls, DEFAULT_MAX_MESSAGE_BYTES,
@@ -263,8 +264,8 @@ async fn build_resolver(args: &Args) -> Result<(Arc<dyn Resolver>, Option<Arc<Ku
     let mut kube = None;
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     if let Some(path) = &args.topology {
-        let r =
-            StaticResolver::load(path).with_context(|| format!("--topology {}", path.display()))?;
+        let r = StaticResolver::load(path, StaticTopologyOptions::default())
+            .with_context(|| format!("--topology {}", path.display()))?;
         info!(file = %path.display(), "static topology loaded");
         layers.push(Arc::new(r));
     } else if args.kubeconfig.is_some() || in_cluster {

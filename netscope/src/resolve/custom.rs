@@ -65,16 +65,33 @@ impl Default for CustomEndpointsOptions {
     }
 }
 
-/// What a [`CustomEndpoints::reload`] did.
+/// What a [`CustomEndpoints::reload`] or a
+/// [`StaticResolver::reload`](super::StaticResolver::reload) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReloadOutcome {
     /// The file has not changed since the last attempt; nothing was done.
     Unchanged,
-    /// A new set is in force.
+    /// A new set of custom endpoints is in force.
     Loaded {
         /// Number of endpoints in it.
         endpoints: usize,
+    },
+    /// A new static topology is in force.
+    TopologyLoaded {
+        /// Pods listed in the file (hostNetwork ones included).
+        pods: usize,
+        /// Distinct addresses indexed, tombstones' included.
+        addresses: usize,
+        /// Pod address claims this load started (new pods, and pods that
+        /// changed).
+        claims_started: usize,
+        /// Pod address claims this load ended (pods gone or changed); they
+        /// are kept as tombstones.
+        claims_ended: usize,
+        /// Ended claims kept as tombstones after this load, within the
+        /// tombstone grace.
+        tombstones: usize,
     },
 }
 

@@ -182,4 +182,13 @@ pub(super) mod testing {
             Some(other) => panic!("{name} is not a counter: {other:?}"),
         }
     }
+
+    /// The gauge `name` (0 when not recorded).
+    pub(in crate::resolve) fn gauge(snapshot: &Snapshot, name: &str) -> f64 {
+        match value(snapshot, name) {
+            None => 0.0,
+            Some(DebugValue::Gauge(g)) => g.into_inner(),
+            Some(other) => panic!("{name} is not a gauge: {other:?}"),
+        }
+    }
 }
