@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use netscope::export::flowlog::{self, write_record};
+use netscope::resolve::{custom, static_topo};
 use netscope::{Counters, Direction, Endpoint, EndpointKind, ResolvedFlow, WorkloadKind};
 
 fn doc() -> String {
@@ -51,17 +52,23 @@ fn flow_log_example_is_what_the_writer_prints() {
 #[test]
 fn every_metric_is_documented() {
     let doc = doc();
-    let flowlog_names = [
+    let common_names = [
         flowlog::FLOW_LOG_DROPPED,
         flowlog::FLOW_LOG_WRITTEN,
         flowlog::FLOW_LOG_WRITE_ERRORS,
+        custom::REJECTED_COUNTER,
+        custom::LOADED_GAUGE,
+        static_topo::LOADS_COUNTER,
+        static_topo::REJECTED_COUNTER,
+        static_topo::PODS_GAUGE,
+        static_topo::TOMBSTONES_GAUGE,
     ];
     #[cfg(not(feature = "prometheus"))]
-    let names: Vec<&str> = flowlog_names.to_vec();
+    let names: Vec<&str> = common_names.to_vec();
     #[cfg(feature = "prometheus")]
     let names: Vec<&str> = {
         use netscope::export::prometheus::names::*;
-        let mut names = flowlog_names.to_vec();
+        let mut names = common_names.to_vec();
         names.extend([
             POD_BYTES,
             POD_CROSS_ZONE_BYTES,

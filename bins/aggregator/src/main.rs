@@ -21,6 +21,7 @@ use netscope::export::recorder::RecorderBuilder;
 use netscope::resolve::kube::{KubeResolver, KubeResolverConfig};
 use netscope::resolve::{
     CustomEndpoints, CustomEndpointsOptions, IpPrefix, LayeredResolver, StaticResolver,
+    StaticTopologyOptions,
 };
 use netscope::transport::server::{
     serve, HttpEndpoints, ServerConfig, ServerTls, DEFAULT_MAX_MESSAGE_BYTES,
@@ -37,7 +38,7 @@ struct Args {
     /// /readyz), on one port. ":PORT" listens on all addresses.
     #[arg(long, default_value = ":8080", value_parser = parse_listen_addr)]
     listen_addr: SocketAddr,
-    /// Static topology file (nodes, pods, services; YAML).
+    /// Static topology file (nodes, pods, services; YAML), reloaded on change.
     #[arg(long, value_name = "FILE")]
     topology: Option<PathBuf>,
     /// Custom endpoints file (name, namespace, zone, ips; YAML).
@@ -69,9 +70,13 @@ struct Args {
     /// Label selector of netscope agent pods: nodes running a Ready one are "monitored".
     #[arg(long, default_value = "app.kubernetes.io/name=netscope-agent")]
     agent_selector: String,
-    /// How long a deleted pod's IPs still resolve to it, for late reports.
+    /// How long a deleted pod's IPs still resolve to it, for late reports
+    /// (Kubernetes backend and static topology).
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     tombstone_grace: Duration,
+    /// How often the --topology and --custom-endpoints files are checked for changes.
+    #[arg(long, default_value = "10s", value_parser = parse_reload_interval)]
+    reload_interval: Duration,
     /// Write one JSON object per resolved flow to stdout.
     #[arg(long, env = "ENABLE_FLOW_LOGS")]
     enable_flow_logs: bool,
@@ -107,6 +112,14 @@ fn init_logging(verbosity: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn parse_reload_interval(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero (e.g. 10s)".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -158,7 +171,8 @@ async fn main() -> Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                // A static topology never loses a pod: its idle series stay.
+                // A static topology loses pods only when its file is edited:
+                // its idle series stay.
                 // With Kubernetes, idle pod-level series expire after the
                 // idle timeout (pods come and go; a live pod's series
                 // returns with its next traffic); the other levels stay.
@@ -263,10 +277,17 @@ async fn build_resolver(args: &Args) -> Result<(Arc<dyn Resolver>, Option<Arc<Ku
     let mut kube = None;
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     if let Some(path) = &args.topology {
-        let r =
-            StaticResolver::load(path).with_context(|| format!("--topology {}", path.display()))?;
-        info!(file = %path.display(), "static topology loaded");
-        layers.push(Arc::new(r));
+        let options = StaticTopologyOptions {
+            poll_interval: args.reload_interval,
+            tombstone_grace: args.tombstone_grace,
+            ..StaticTopologyOptions::default()
+        };
+        let r = Arc::new(
+            StaticResolver::load(path, options)
+                .with_context(|| format!("--topology {}", path.display()))?,
+        );
+        tokio::spawn(r.clone().watch());
+        layers.push(r);
     } else if args.kubeconfig.is_some() || in_cluster {
         let config = KubeResolverConfig {
             agent_selector: args.agent_selector.clone(),
@@ -300,8 +321,14 @@ async fn build_resolver(args: &Args) -> Result<(Arc<dyn Resolver>, Option<Arc<Ku
     }
     if let Some(path) = &args.custom_endpoints {
         let c = Arc::new(
-            CustomEndpoints::load(path, CustomEndpointsOptions::default())
-                .with_context(|| format!("--custom-endpoints {}", path.display()))?,
+            CustomEndpoints::load(
+                path,
+                CustomEndpointsOptions {
+                    poll_interval: args.reload_interval,
+                    ..CustomEndpointsOptions::default()
+                },
+            )
+            .with_context(|| format!("--custom-endpoints {}", path.display()))?,
         );
         tokio::spawn(c.clone().watch());
         layers.push(c);

@@ -31,6 +31,7 @@ fn help_lists_every_flag_with_defaults() {
         "--tls-key",
         "--tls-client-ca",
         "--no-reflection",
+        "--reload-interval",
         "--verbosity",
         "-v",
     ] {
@@ -40,6 +41,7 @@ fn help_lists_every_flag_with_defaults() {
         "[default: :8080]",
         "[default: 16777216]",
         "[default: 21600]",
+        "[default: 10s]",
         "[default: 0]",
     ] {
         assert!(help.contains(default), "--help lacks {default}:\n{help}");
@@ -70,6 +72,27 @@ fn bad_flag_values_fail_clearly() {
             "{args:?}: stderr does not mention {want}:\n{err}"
         );
     }
+}
+
+#[test]
+fn zero_reload_interval_is_refused() {
+    let out = Command::new(BIN)
+        .args([
+            "--reload-interval",
+            "0s",
+            "--topology",
+            "/nonexistent/topology.yaml",
+        ])
+        .output()
+        .expect("run the binary");
+    assert!(!out.status.success(), "--reload-interval 0s exited 0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--reload-interval") && err.contains("must be greater than zero"),
+        "stderr does not say why --reload-interval 0s is refused:\n{err}"
+    );
+    // Refused by the flag parser, before any file is read.
+    assert!(!err.contains("/nonexistent/topology.yaml"), "{err}");
 }
 
 struct Killed(Child);

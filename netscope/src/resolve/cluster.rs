@@ -143,7 +143,7 @@ impl ClusterSnapshot {
 
 /// Collects claims and builds a [`ClusterSnapshot`]. Addresses may be added
 /// in any order; precedence (pod > node > Service) is applied at build time.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ClusterSnapshotBuilder {
     pods: IpMap<Vec<Claim>>,
     nodes: IpMap<Arc<Endpoint>>,

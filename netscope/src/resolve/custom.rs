@@ -27,11 +27,9 @@
 //! file never replaces the running set.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -40,6 +38,7 @@ use serde::Deserialize;
 use crate::endpoint::{Endpoint, EndpointKind, WorkloadKind};
 
 use super::ipmap::IpMap;
+use super::watched::{every, WatchedFile};
 use super::{error_chain, EntryRef, IpPrefix, PrefixTable, ResolveError, Resolver};
 
 /// Name of the counter of rejected custom-endpoint files.
@@ -66,16 +65,33 @@ impl Default for CustomEndpointsOptions {
     }
 }
 
-/// What a [`CustomEndpoints::reload`] did.
+/// What a [`CustomEndpoints::reload`] or a
+/// [`StaticResolver::reload`](super::StaticResolver::reload) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReloadOutcome {
     /// The file has not changed since the last attempt; nothing was done.
     Unchanged,
-    /// A new set is in force.
+    /// A new set of custom endpoints is in force.
     Loaded {
         /// Number of endpoints in it.
         endpoints: usize,
+    },
+    /// A new static topology is in force.
+    TopologyLoaded {
+        /// Pods listed in the file (hostNetwork ones included).
+        pods: usize,
+        /// Distinct addresses indexed, tombstones' included.
+        addresses: usize,
+        /// Pod address claims this load started (new pods, and pods that
+        /// changed).
+        claims_started: usize,
+        /// Pod address claims this load ended (pods gone or changed); they
+        /// are kept as tombstones.
+        claims_ended: usize,
+        /// Ended claims kept as tombstones after this load, within the
+        /// tombstone grace.
+        tombstones: usize,
     },
 }
 
@@ -210,46 +226,6 @@ fn parse(text: &str, path: &Path) -> Result<CustomSet, ResolveError> {
     })
 }
 
-/// What identifies one version of the file without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Fingerprint {
-    len: u64,
-    modified: Option<SystemTime>,
-    dev: u64,
-    ino: u64,
-}
-
-fn fingerprint(meta: &std::fs::Metadata) -> Fingerprint {
-    #[cfg(unix)]
-    let (dev, ino) = {
-        use std::os::unix::fs::MetadataExt;
-        (meta.dev(), meta.ino())
-    };
-    #[cfg(not(unix))]
-    let (dev, ino) = (0, 0);
-    Fingerprint {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        dev,
-        ino,
-    }
-}
-
-#[derive(Debug, Default)]
-struct FileState {
-    /// The file version last attempted, good or bad.
-    seen: Option<Fingerprint>,
-    /// Hash of the content last attempted.
-    content: Option<u64>,
-}
-
-#[derive(Debug)]
-struct FileSource {
-    path: PathBuf,
-    options: CustomEndpointsOptions,
-    state: Mutex<FileState>,
-}
-
 /// Custom endpoints, optionally backed by a file that is reloaded when it
 /// changes. Lookups read the set in force without locking; a reload swaps
 /// in a new set atomically, and only if the new file is valid.
@@ -257,6 +233,12 @@ struct FileSource {
 pub struct CustomEndpoints {
     set: ArcSwap<CustomSet>,
     source: Option<FileSource>,
+}
+
+#[derive(Debug)]
+struct FileSource {
+    file: WatchedFile,
+    poll_interval: Duration,
 }
 
 impl CustomEndpoints {
@@ -305,9 +287,8 @@ impl CustomEndpoints {
         CustomEndpoints {
             set: ArcSwap::from_pointee(CustomSet::default()),
             source: Some(FileSource {
-                path: path.into(),
-                options,
-                state: Mutex::new(FileState::default()),
+                file: WatchedFile::new(path.into(), options.max_bytes),
+                poll_interval: options.poll_interval,
             }),
         }
     }
@@ -343,7 +324,7 @@ impl CustomEndpoints {
         if let (Err(err), Some(source)) = (&result, &self.source) {
             metrics::counter!(REJECTED_COUNTER).increment(1);
             tracing::warn!(
-                path = %source.path.display(),
+                path = %source.file.path().display(),
                 error = %error_chain(err),
                 kept = self.len(),
                 "Rejected custom endpoints file; keeping the previous set"
@@ -356,58 +337,20 @@ impl CustomEndpoints {
         let Some(source) = &self.source else {
             return Ok(ReloadOutcome::Unchanged);
         };
-        let path = &source.path;
-        let read_err = |source| ResolveError::Read {
-            path: path.clone(),
-            source,
-        };
-        let mut state = source
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let meta = std::fs::metadata(path).map_err(read_err)?;
-        let print = fingerprint(&meta);
-        if state.seen == Some(print) {
-            return Ok(ReloadOutcome::Unchanged);
-        }
-        state.seen = Some(print);
-        let limit = source.options.max_bytes;
-        if meta.len() > limit {
-            return Err(ResolveError::TooLarge {
-                path: path.clone(),
-                size: meta.len(),
-                limit,
-            });
-        }
-        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-        std::fs::File::open(path)
-            .and_then(|f| f.take(limit.saturating_add(1)).read_to_end(&mut bytes))
-            .map_err(read_err)?;
-        if bytes.len() as u64 > limit {
-            return Err(ResolveError::TooLarge {
-                path: path.clone(),
-                size: bytes.len() as u64,
-                limit,
-            });
-        }
-        let mut h = DefaultHasher::new();
-        bytes.hash(&mut h);
-        let hash = h.finish();
-        if state.content == Some(hash) {
-            return Ok(ReloadOutcome::Unchanged);
-        }
-        state.content = Some(hash);
-        let text = String::from_utf8_lossy(&bytes);
-        let set = parse(&text, path)?;
-        let endpoints = set.endpoints;
-        self.set.store(Arc::new(set));
-        metrics::gauge!(LOADED_GAUGE).set(endpoints as f64);
-        tracing::info!(
-            count = endpoints,
-            path = %path.display(),
-            "Loaded custom endpoints"
-        );
-        Ok(ReloadOutcome::Loaded { endpoints })
+        let path = source.file.path();
+        let loaded = source.file.if_changed(|text| {
+            let set = parse(text, path)?;
+            let endpoints = set.endpoints;
+            self.set.store(Arc::new(set));
+            metrics::gauge!(LOADED_GAUGE).set(endpoints as f64);
+            tracing::info!(
+                count = endpoints,
+                path = %path.display(),
+                "Loaded custom endpoints"
+            );
+            Ok(ReloadOutcome::Loaded { endpoints })
+        })?;
+        Ok(loaded.unwrap_or(ReloadOutcome::Unchanged))
     }
 
     /// The driver that keeps a file-backed set fresh: checks the file every
@@ -416,16 +359,14 @@ impl CustomEndpoints {
     /// symlink swap with which the kubelet updates a mounted ConfigMap.
     /// Runs until dropped; spawn it on a Tokio runtime.
     pub async fn watch(self: Arc<Self>) {
-        let Some(interval) = self.source.as_ref().map(|s| s.options.poll_interval) else {
+        let Some(interval) = self.source.as_ref().map(|s| s.poll_interval) else {
             return;
         };
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
+        every(interval, || {
             // Errors are logged and counted inside; the old set stays.
             let _ = self.reload();
-        }
+        })
+        .await;
     }
 }
 
@@ -458,11 +399,10 @@ impl Resolver for CustomEndpoints {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::debugging::DebuggingRecorder;
 
     use super::*;
+    use crate::resolve::watched::testing::{counter, write};
 
     const SEED: &str = r#"
 endpoints:
@@ -588,36 +528,6 @@ endpoints:
                 .ok(),
             Some(0)
         );
-    }
-
-    fn write(path: &Path, text: &str) {
-        // Write a new file and rename it over the old one, as the kubelet's
-        // atomic writer does for ConfigMap volumes.
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).unwrap_or_else(|e| panic!("create: {e}"));
-        f.write_all(text.as_bytes())
-            .unwrap_or_else(|e| panic!("write: {e}"));
-        drop(f);
-        std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename: {e}"));
-    }
-
-    fn counter(
-        snapshot: &[(
-            metrics_util::CompositeKey,
-            Option<metrics::Unit>,
-            Option<metrics::SharedString>,
-            DebugValue,
-        )],
-        name: &str,
-    ) -> u64 {
-        snapshot
-            .iter()
-            .find(|(k, ..)| k.key().name() == name)
-            .map(|(.., v)| match v {
-                DebugValue::Counter(n) => *n,
-                other => panic!("{name} is not a counter: {other:?}"),
-            })
-            .unwrap_or(0)
     }
 
     #[test]

@@ -32,12 +32,13 @@ pub mod kube;
 pub mod layered;
 pub mod lpm;
 pub mod static_topo;
+mod watched;
 
 pub use cluster::{ClusterSnapshot, ClusterSnapshotBuilder};
 pub use custom::{CustomEndpoints, CustomEndpointsOptions, ReloadOutcome};
 pub use layered::LayeredResolver;
 pub use lpm::{IpPrefix, PrefixParseError, PrefixTable};
-pub use static_topo::StaticResolver;
+pub use static_topo::{StaticResolver, StaticTopologyOptions};
 
 /// Maps an address, at the time it was observed, to an [`Endpoint`]. Reads
 /// an in-memory snapshot and never blocks on the network.
