@@ -603,7 +603,7 @@ fn run(
             );
         }
         if Instant::now() >= next_progress {
-            next_progress += Duration::from_secs(5);
+            next_progress = Instant::now() + Duration::from_secs(5);
             if let Ok(s) = scrape(args.metrics_addr) {
                 println!(
                     "  {:>4}s  counted {:>10}  cross-zone {:>10}",
@@ -621,15 +621,17 @@ fn run(
     }
     // Let the agents drain and report the last interval.
     std::thread::sleep(collection_interval(args) * 2 + Duration::from_secs(1));
-    let mut samples = scrape(args.metrics_addr).context("scraping the aggregator")?;
+    let last = scrape(args.metrics_addr).context("scraping the aggregator")?;
     // Counters restart with the aggregator: the totals are the last scrape
     // before the restart plus everything after it.
-    samples = merge(samples, before_agg_restart);
+    let samples = merge(last.clone(), before_agg_restart);
     report(&samples, elapsed, &exchanges);
 
     let mut failed = false;
     if let Some(addr) = args.prometheus {
-        failed |= !prometheus_queries(addr, &samples, args.verify)?;
+        // Prometheus holds the counters the aggregator exports now (since
+        // its restart, if any).
+        failed |= !prometheus_queries(addr, &last, args.verify)?;
     }
     if args.verify {
         failed |= !verify(
