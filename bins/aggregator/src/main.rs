@@ -137,7 +137,7 @@ async fn main() -> Result<()> {
         .counter_idle_timeout(expiry.idle_timeout())
         .install()
         .context("installing the Prometheus recorder")?;
-    let (resolver, kube) = build_resolver(&args).await?;
+    let resolver = build_resolver(&args).await?;
     let pricing = Pricing {
         sending: Price::per_gb(args.price_per_gb_sending).context("--price-per-gb-sending")?,
         receiving: Price::per_gb(args.price_per_gb_receiving)
@@ -164,23 +164,17 @@ async fn main() -> Result<()> {
     } else {
         None
     };
-    // Series upkeep: gone pods' series expire; live pods' stay.
+    // Series upkeep: idle series of pods that are gone (deleted, or removed
+    // from the topology file) expire; live pods' and other kinds' stay.
     {
-        let (prom, kube) = (prom.clone(), kube.clone());
+        let (prom, resolver) = (prom.clone(), resolver.clone());
         let every = expiry.upkeep_interval();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                // A static topology loses pods only when its file is edited:
-                // its idle series stay.
-                // With Kubernetes, idle pod-level series expire after the
-                // idle timeout (pods come and go; a live pod's series
-                // returns with its next traffic); the other levels stay.
-                if kube.is_none() {
-                    prom.upkeep(Instant::now(), &|_| true);
-                } else {
-                    prom.upkeep(Instant::now(), &|ep| ep.kind != EndpointKind::Pod);
-                }
+                prom.upkeep(Instant::now(), &|ep| {
+                    ep.kind != EndpointKind::Pod || resolver.has_pod(&ep.namespace, &ep.name)
+                });
             }
         });
     }
@@ -272,9 +266,8 @@ async fn shutdown_signal() {
 /// Resolution: Kubernetes (with --kubeconfig or in a cluster) or a static
 /// topology, then custom endpoints, layered with the fixed precedence
 /// pod > node > service > custom > external.
-async fn build_resolver(args: &Args) -> Result<(Arc<dyn Resolver>, Option<Arc<KubeResolver>>)> {
+async fn build_resolver(args: &Args) -> Result<Arc<dyn Resolver>> {
     let mut layers: Vec<Arc<dyn Resolver>> = Vec::new();
-    let mut kube = None;
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     if let Some(path) = &args.topology {
         let options = StaticTopologyOptions {
@@ -314,7 +307,6 @@ async fn build_resolver(args: &Args) -> Result<(Arc<dyn Resolver>, Option<Arc<Ku
         let (r, driver) = KubeResolver::new(client, config).context("Kubernetes resolver")?;
         tokio::spawn(driver.run());
         let r = Arc::new(r);
-        kube = Some(r.clone());
         layers.push(r);
     } else {
         anyhow::bail!("no resolution source: pass --topology FILE, or --kubeconfig FILE (in a cluster the service account is used)");
@@ -333,5 +325,5 @@ async fn build_resolver(args: &Args) -> Result<(Arc<dyn Resolver>, Option<Arc<Ku
         tokio::spawn(c.clone().watch());
         layers.push(c);
     }
-    Ok((Arc::new(LayeredResolver::new(layers)), kube))
+    Ok(Arc::new(LayeredResolver::new(layers)))
 }

@@ -7,7 +7,7 @@
 //! [`ClusterSnapshotBuilder`] and then only read, so a backend can publish a
 //! new one atomically while readers keep using the old one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -72,6 +72,8 @@ pub struct ClusterSnapshot {
     monitored_nodes: HashSet<Arc<str>>,
     service_cidrs: Vec<IpPrefix>,
     unknown_service: Arc<Endpoint>,
+    /// Pods holding an address now (an open claim): namespace -> names.
+    live_pods: HashMap<Arc<str>, HashSet<Arc<str>>>,
     pod_claims: usize,
     ended_claims: usize,
 }
@@ -112,6 +114,14 @@ impl ClusterSnapshot {
     /// [`Resolver::is_monitored_node`](super::Resolver::is_monitored_node)).
     pub fn is_monitored_node(&self, node: &str) -> bool {
         self.monitored_nodes.contains(node)
+    }
+
+    /// True when pod `namespace/name` holds an address now (it has a claim
+    /// that has not ended; tombstones do not count).
+    pub fn has_pod(&self, namespace: &str, name: &str) -> bool {
+        self.live_pods
+            .get(namespace)
+            .is_some_and(|names| names.contains(name))
     }
 
     /// The monitored nodes, in no particular order.
@@ -208,9 +218,16 @@ impl ClusterSnapshotBuilder {
     pub fn build(self) -> ClusterSnapshot {
         let mut slots = IpMap::with_capacity(self.pods.len() + self.nodes.len());
         let (mut pod_claims, mut ended_claims) = (0, 0);
+        let mut live_pods: HashMap<Arc<str>, HashSet<Arc<str>>> = HashMap::new();
         for (ip, mut claims) in self.pods.into_iter() {
             pod_claims += claims.len();
             ended_claims += claims.iter().filter(|c| c.until.is_some()).count();
+            for c in claims.iter().filter(|c| c.until.is_none()) {
+                live_pods
+                    .entry(c.endpoint.namespace.clone())
+                    .or_default()
+                    .insert(c.endpoint.name.clone());
+            }
             let slot = if claims.len() == 1 {
                 match claims.pop() {
                     Some(claim) => Slot::One(claim.endpoint),
@@ -241,6 +258,7 @@ impl ClusterSnapshotBuilder {
                 zone: empty.clone(),
                 region: empty,
             }),
+            live_pods,
             pod_claims,
             ended_claims,
         }
@@ -296,6 +314,10 @@ mod tests {
         // Before anything: the earliest claim.
         assert_eq!(name(at(0) - Duration::from_secs(5)), "old");
         assert_eq!(s.pod_claim_count(), 2);
+        // Only the pod with an open claim exists now.
+        assert!(s.has_pod("", "new"));
+        assert!(!s.has_pod("", "old"));
+        assert!(!s.has_pod("other", "new"));
     }
 
     #[test]

@@ -83,6 +83,11 @@ impl Resolver for LayeredResolver {
         self.layers.iter().any(|l| l.is_monitored_node(node))
     }
 
+    /// Exists when any layer knows it.
+    fn has_pod(&self, namespace: &str, name: &str) -> bool {
+        self.layers.iter().any(|l| l.has_pod(namespace, name))
+    }
+
     /// Synced when every layer is.
     fn is_synced(&self) -> bool {
         self.layers.iter().all(|l| l.is_synced())
@@ -165,6 +170,8 @@ endpoints:
         let r = stack();
         assert!(r.is_monitored_node("node-a"));
         assert!(!r.is_monitored_node("node-b"));
+        assert!(r.has_pod("ns", "p1"));
+        assert!(!r.has_pod("ns", "vpc"), "custom endpoints are no pods");
         assert!(r.is_synced());
         assert_eq!(r.service_cidrs().len(), 1);
         let empty = LayeredResolver::new(Vec::new());

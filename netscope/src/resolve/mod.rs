@@ -92,6 +92,15 @@ pub trait Resolver: Send + Sync {
     fn service_cidrs(&self) -> Vec<IpPrefix> {
         Vec::new()
     }
+
+    /// True when pod `namespace/name` exists now as far as this backend
+    /// knows (it holds an address; a deleted pod kept as a tombstone does
+    /// not count). The aggregator keeps live pods' idle metric series and
+    /// lets gone pods' series expire. The default, `false`, suits backends
+    /// that know no pods.
+    fn has_pod(&self, _namespace: &str, _name: &str) -> bool {
+        false
+    }
 }
 
 impl<R: Resolver + ?Sized> Resolver for Arc<R> {
@@ -109,6 +118,9 @@ impl<R: Resolver + ?Sized> Resolver for Arc<R> {
     }
     fn service_cidrs(&self) -> Vec<IpPrefix> {
         (**self).service_cidrs()
+    }
+    fn has_pod(&self, namespace: &str, name: &str) -> bool {
+        (**self).has_pod(namespace, name)
     }
 }
 

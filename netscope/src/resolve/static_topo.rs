@@ -695,6 +695,11 @@ impl Resolver for StaticResolver {
     fn service_cidrs(&self) -> Vec<IpPrefix> {
         self.snapshot.load().service_cidrs().to_vec()
     }
+
+    /// Pods listed in the file in force (not those a reload removed).
+    fn has_pod(&self, namespace: &str, name: &str) -> bool {
+        self.snapshot.load().has_pod(namespace, name)
+    }
 }
 
 #[cfg(test)]
@@ -947,7 +952,10 @@ service_cidrs: [10.96.0.0/12]
         let (_dir, path, r) = loaded(&with_pods(&format!(
             "  - {{name: gone, namespace: shop, node: node-a, ips: [10.0.0.7]}}\n{stays}"
         )));
+        assert!(r.has_pod("shop", "gone"));
         assert_eq!(changed(&r, &path, &with_pods(stays), at(100)), (0, 1, 1));
+        assert!(!r.has_pod("shop", "gone"), "a tombstone is no live pod");
+        assert!(r.has_pod("shop", "stays"));
         let gone = who("gone", "node-a", "zone-a");
         // Late reports, even stamped after the deletion, still resolve.
         assert_eq!(owner(&r, "10.0.0.7", at(50)), gone);

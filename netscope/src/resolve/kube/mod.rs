@@ -192,6 +192,11 @@ impl Resolver for KubeResolver {
     fn service_cidrs(&self) -> Vec<IpPrefix> {
         self.shared.snapshot.load().service_cidrs().to_vec()
     }
+
+    /// Pods that hold an address now (Pending or Running, not deleted).
+    fn has_pod(&self, namespace: &str, name: &str) -> bool {
+        self.shared.snapshot.load().has_pod(namespace, name)
+    }
 }
 
 /// One item from the merged watch streams.

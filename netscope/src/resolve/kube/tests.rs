@@ -285,8 +285,11 @@ fn deleted_pods_are_tombstones_for_the_grace_period() {
     let mut s = state(120);
     let p = pod(&base("gone", "node-a", &["10.0.4.4"], 0));
     s.apply_pod(Event::Apply(p.clone()), at(1));
+    let ns = p.metadata.namespace.clone().unwrap_or_default();
+    assert!(s.snapshot(at(2)).0.has_pod(&ns, "gone"));
     s.apply_pod(Event::Delete(p), at(50));
     let (snap, _) = s.snapshot(at(60));
+    assert!(!snap.has_pod(&ns, "gone"), "a tombstone is no live pod");
     assert_eq!(who(&snap, "10.0.4.4", at(40)).1, "gone");
     assert_eq!(
         who(&snap, "10.0.4.4", at(55)).1,
