@@ -52,7 +52,8 @@ pub struct CustomEndpointsOptions {
     /// Files larger than this are rejected. Default 1 MiB, the largest
     /// ConfigMap Kubernetes accepts.
     pub max_bytes: u64,
-    /// How often [`CustomEndpoints::watch`] checks the file. Default 10 s.
+    /// How often [`CustomEndpoints::watch`] checks the file. Default 10 s;
+    /// anything under 100 ms counts as 100 ms.
     pub poll_interval: Duration,
 }
 

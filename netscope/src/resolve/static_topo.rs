@@ -470,7 +470,7 @@ pub struct StaticTopologyOptions {
     /// [`MAX_TOPOLOGY_BYTES`].
     pub max_bytes: u64,
     /// How often [`StaticResolver::watch`] checks the file. Default 10 s;
-    /// must not be zero.
+    /// anything under 100 ms counts as 100 ms.
     pub poll_interval: Duration,
     /// How long a pod's address still resolves to it after a reload removed
     /// the pod (or moved the address to another owner), for late reports.

@@ -129,10 +129,15 @@ impl WatchedFile {
     }
 }
 
-/// Calls `tick` every `interval`, the first time at once, until dropped.
-/// A late tick delays the next ones rather than bunching them.
+/// The shortest poll interval: a zero one would spin (and Tokio's
+/// interval timer refuses it).
+pub(super) const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Calls `tick` every `interval` (at least [`MIN_POLL_INTERVAL`]), the
+/// first time at once, until dropped. A late tick delays the next ones
+/// rather than bunching them.
 pub(super) async fn every(interval: Duration, mut tick: impl FnMut()) {
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval(interval.max(MIN_POLL_INTERVAL));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
