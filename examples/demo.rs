@@ -56,7 +56,8 @@ struct Args {
     #[arg(long)]
     prometheus: Option<SocketAddr>,
     /// Mid-run restarts (for the end-to-end test): kill -9 and restart one
-    /// agent at a third of the run, restart the aggregator at two thirds.
+    /// agent at a third of the run; at two thirds, hold the agents' reports
+    /// back, scrape, kill -9 the aggregator and start it again.
     #[arg(long)]
     restarts: bool,
     /// Mid-run (for the end-to-end test): at two fifths, delete the
