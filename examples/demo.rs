@@ -908,6 +908,7 @@ fn verify(
             "  MISMATCH {service_series} series attributed to the Service instead of its backend"
         );
     }
+    ok &= verify_cross_zone(cluster, moved, samples, &want, &got);
     if let Some(m) = moved {
         ok &= verify_move(cluster, m, samples, &want);
     }
@@ -920,6 +921,75 @@ fn verify(
     };
     println!("verify: {} pod pairs, {verdict}", want.len());
     Ok(ok)
+}
+
+/// `pod_cross_zone_network_traffic_bytes_total`: for every pair the
+/// reference saw, where the two ends are in different zones (as the
+/// simulation placed them), it equals the pair's
+/// `pod_network_traffic_bytes_total` (checked against nftables above);
+/// where they share a zone, or a zone is unknown, there is no such series.
+fn verify_cross_zone(
+    cluster: &Cluster,
+    moved: Option<&Moved>,
+    samples: &[Sample],
+    want: &BTreeMap<(String, String), u64>,
+    got: &BTreeMap<(String, String), u64>,
+) -> bool {
+    let mut zone_of: HashMap<&str, &str> = cluster
+        .pods
+        .iter()
+        .map(|p| (p.name.as_str(), cluster.nodes[p.node].zone))
+        .collect();
+    if let Some(m) = moved {
+        zone_of.insert(&m.info.old_name, cluster.nodes[m.info.old_node].zone);
+    }
+    // The custom endpoint's zone, from the file the demo wrote.
+    zone_of.insert("rds-primary", sim::ZONES[2]);
+    let mut cross: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (name, l, v) in samples {
+        if name == "pod_cross_zone_network_traffic_bytes_total" {
+            *cross
+                .entry((l["src_pod"].clone(), l["dst_pod"].clone()))
+                .or_default() += *v as u64;
+        }
+    }
+    let mut ok = true;
+    let (mut n_cross, mut n_same) = (0, 0);
+    for pair in want.keys() {
+        let is_cross = matches!(
+            (zone_of.get(pair.0.as_str()), zone_of.get(pair.1.as_str())),
+            (Some(a), Some(b)) if a != b
+        );
+        let g = got.get(pair).copied().unwrap_or(0);
+        let c = cross.get(pair).copied().unwrap_or(0);
+        let expect = if is_cross { g } else { 0 };
+        if is_cross {
+            n_cross += 1;
+        } else {
+            n_same += 1;
+        }
+        if c != expect {
+            ok = false;
+            println!(
+                "  MISMATCH {} -> {}: cross-zone series {c} B, want {expect} B",
+                pair.0, pair.1
+            );
+        }
+    }
+    for (pair, c) in &cross {
+        if !want.contains_key(pair) {
+            ok = false;
+            println!(
+                "  EXTRA    {} -> {}: cross-zone series {c} B for a pair nftables never saw",
+                pair.0, pair.1
+            );
+        }
+    }
+    println!(
+        "verify: pod_cross_zone_network_traffic_bytes_total: {n_cross} cross-zone pairs equal their pod series, {n_same} same-zone pairs have none{}",
+        if ok { "" } else { " -- MISMATCH" }
+    );
+    ok
 }
 
 /// The moved pod: the old pod's series carry the old zone, the new pod's

@@ -1,7 +1,9 @@
 //! End-to-end: the simulated three-zone cluster with the real agents (one
 //! per node namespace), the real aggregator and a real Prometheus, run
 //! through `examples/demo.rs --verify`. Every `pod_network_traffic_bytes_total`
-//! series must equal nftables' forward counters to the byte: counted once,
+//! series (and every `pod_cross_zone_network_traffic_bytes_total` series,
+//! where the simulation put the two ends in different zones) must equal
+//! nftables' forward counters to the byte: counted once,
 //! ClusterIP traffic attributed to the backend pod in both directions,
 //! external traffic to the custom endpoint. Mid-run, one agent is killed
 //! with SIGKILL and restarted (its pairs may fall short, never over; in
@@ -84,6 +86,15 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16) {
     assert!(
         stdout.contains("cache-") && stdout.contains("-> web-"),
         "ClusterIP backend traffic missing:\n{stdout}"
+    );
+    // The cross-zone series were checked too, and there were some.
+    let cross = stdout
+        .lines()
+        .find(|l| l.starts_with("verify: pod_cross_zone_network_traffic_bytes_total: "))
+        .unwrap_or_else(|| panic!("cross-zone series not verified:\n{stdout}"));
+    assert!(
+        !cross.contains(": 0 cross-zone pairs") && !cross.contains("MISMATCH"),
+        "{cross}"
     );
     // The disruptions really happened.
     assert!(
