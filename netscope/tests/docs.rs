@@ -69,6 +69,8 @@ fn every_metric_is_documented() {
     let names: Vec<&str> = {
         use netscope::export::prometheus::names::*;
         let mut names = common_names.to_vec();
+        #[cfg(feature = "kube")]
+        names.push(netscope::resolve::kube::WATCH_ERRORS_COUNTER);
         names.extend([
             POD_BYTES,
             POD_CROSS_ZONE_BYTES,
