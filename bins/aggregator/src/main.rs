@@ -24,7 +24,7 @@ use netscope::resolve::{
     StaticTopologyOptions,
 };
 use netscope::transport::server::{
-    serve, HttpEndpoints, ServerConfig, ServerTls, DEFAULT_MAX_MESSAGE_BYTES,
+    serve, serve_http, HttpEndpoints, ServerConfig, ServerTls, DEFAULT_MAX_MESSAGE_BYTES,
 };
 use netscope::{Aggregator, EndpointKind, Exporter, Resolver};
 use tracing::info;
@@ -38,6 +38,11 @@ struct Args {
     /// /readyz), on one port. ":PORT" listens on all addresses.
     #[arg(long, default_value = ":8080", value_parser = parse_listen_addr)]
     listen_addr: SocketAddr,
+    /// Also serve /metrics, /healthz and /readyz in plain HTTP on this
+    /// address, for probes and scrapers when mutual TLS on --listen-addr asks
+    /// every client for a certificate. ":PORT" listens on all addresses.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_addr)]
+    http_listen_addr: Option<SocketAddr>,
     /// Static topology file (nodes, pods, services; YAML), reloaded on change.
     #[arg(long, value_name = "FILE")]
     topology: Option<PathBuf>,
@@ -229,6 +234,19 @@ async fn main() -> Result<()> {
             }
             ready.store(true, Ordering::Release);
             info!("resolver synced; ready");
+        });
+    }
+    if let Some(addr) = args.http_listen_addr {
+        let l = bind(addr)
+            .await
+            .with_context(|| format!("listening on --http-listen-addr {addr}"))?;
+        info!(addr = %l.local_addr()?, "plain HTTP for /metrics, /healthz and /readyz");
+        let http = http.clone();
+        tokio::spawn(async move {
+            // Runs until the process exits.
+            if let Err(e) = serve_http(l, http, std::future::pending()).await {
+                tracing::error!(error = %e, "the plain HTTP port stopped serving");
+            }
         });
     }
     info!(addr = %listener.local_addr()?, "netscope-aggregator listening (gRPC + HTTP)");

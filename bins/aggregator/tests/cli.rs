@@ -118,6 +118,48 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     Some(out)
 }
 
+/// `--http-listen-addr`: /healthz, /readyz and /metrics in plain HTTP on a
+/// second port (what probes and scrapers use under mutual TLS).
+#[test]
+fn plain_http_port_serves_health_and_metrics() {
+    let dir = std::env::temp_dir().join(format!("netscope-agg-http-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let topo = dir.join("topology.yaml");
+    std::fs::write(&topo, "nodes:\n  - {name: node-a, zone: zone-1}\n").expect("write topology");
+    let (main, plain) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .args(["--listen-addr", &main.to_string()])
+        .args(["--http-listen-addr", &plain.to_string(), "--topology"])
+        .arg(&topo)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the aggregator");
+    let mut child = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let health = loop {
+        if let Some(r) = http_get(plain, "/healthz") {
+            break r;
+        }
+        assert!(
+            child.0.try_wait().expect("wait").is_none(),
+            "the aggregator exited early"
+        );
+        assert!(Instant::now() < deadline, "nothing on {plain}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(health.starts_with("HTTP/1.1 200"), "healthz: {health}");
+    let ready = http_get(plain, "/readyz").expect("readyz");
+    assert!(ready.starts_with("HTTP/1.1 200"), "readyz: {ready}");
+    let metrics = http_get(plain, "/metrics").expect("metrics");
+    assert!(
+        metrics.starts_with("HTTP/1.1 200") && metrics.contains("netscope_topology_loads_total 1"),
+        "metrics: {metrics}"
+    );
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn serves_grpc_and_http_on_one_port() {
     let dir = std::env::temp_dir().join(format!("netscope-agg-test-{}", std::process::id()));
