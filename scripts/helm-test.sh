@@ -8,7 +8,8 @@
 #   3. values that must be refused (bad attach mode, TLS without a secret,
 #      ...) are refused;
 #   4. every flag the templates pass exists in the binaries' --help (the
-#      built binaries when target/debug has them, else
+#      built binaries when cargo's target directory has them, i.e.
+#      $CARGO_TARGET_DIR/debug or else target/debug, otherwise
 #      charts/netscope/ci/known-flags.txt);
 #   5. NOTES.txt renders; docs/deploy.md's values table matches values.yaml;
 #   6. the Dockerfiles' structure (dockerfile-parse), and that the checks
@@ -36,6 +37,12 @@ say() { printf 'helm-test: %s\n' "$*"; }
 die() { printf 'helm-test: FAIL: %s\n' "$*" >&2; exit 1; }
 
 mkdir -p "$TOOLS"
+
+# cargo's target directory, as cargo picks it: CARGO_TARGET_DIR when set
+# (make test-helm builds there), else target/.
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
+export CARGO_TARGET_DIR=$TARGET
 
 # --- tools -------------------------------------------------------------------
 HELM=$TOOLS/helm
@@ -71,7 +78,7 @@ export HELM_CACHE_HOME=$TOOLS/helm-home/cache HELM_CONFIG_HOME=$TOOLS/helm-home/
 rm -rf "$OUT" && mkdir -p "$OUT"
 FLAG_ARGS=()
 for bin in netscope-agent netscope-aggregator; do
-  exe=$ROOT/target/debug/$bin
+  exe=$TARGET/debug/$bin
   if [ -x "$exe" ]; then
     "$exe" --help >"$OUT/$bin.help" || die "$exe --help failed"
     FLAG_ARGS+=(--help-text "$bin=$OUT/$bin.help")
@@ -216,7 +223,7 @@ dmutant "no --locked" agent 's/ --locked//'
 dmutant "the aggregator as root" aggregator 's/^USER 65532:65532/USER 0/'
 dmutant "no clang in the agent's build stage" agent 's/ clang libelf-dev / libelf-dev /'
 dmutant "a runtime that is not bookworm-slim" aggregator 's/^FROM debian:bookworm-slim/FROM debian:bookworm/'
-if [ -x "$ROOT/target/debug/netscope-agent" ] || [ -x "$ROOT/target/release/netscope-agent" ]; then
+if [ -x "$TARGET/debug/netscope-agent" ] || [ -x "$TARGET/release/netscope-agent" ]; then
   dmutant "libelf1 missing from the agent's runtime" agent 's/ libelf1 / /'
 else
   say "SKIPPED: the runtime-libraries mutation needs a built netscope-agent (cargo build -p netscope-agent)"
@@ -228,11 +235,11 @@ fi
 # under exactly the chart's capabilities, a report from pod traffic is
 # counted, and the agent stops cleanly on SIGTERM.
 say "== the rendered command lines, run with the built binaries"
-BINDIR=$ROOT/target/debug
+BINDIR=$TARGET/debug
 if [ "$(id -u)" -ne 0 ]; then
   say "SKIPPED: the smoke run needs root (network namespaces, BPF); the chart's command lines were NOT run"
 elif ! [ -x "$BINDIR/netscope-agent" ] || ! [ -x "$BINDIR/netscope-aggregator" ]; then
-  say "SKIPPED: no target/debug/netscope-agent and netscope-aggregator (make test-helm builds them); the chart's command lines were NOT run"
+  say "SKIPPED: no netscope-agent and netscope-aggregator in $BINDIR (make test-helm builds them); the chart's command lines were NOT run"
 else
   for t in ip setpriv openssl curl ping tc; do command -v $t >/dev/null || die "$t is needed for the smoke run (make deps)"; done
   "$PY" "$ROOT/scripts/chart_smoke.py" --bindir "$BINDIR" "default=$OUT/default.yaml" "full=$OUT/full.yaml" "tls=$OUT/tls.yaml" && passes=$((passes + 1)) || fails=$((fails + 1))

@@ -536,7 +536,10 @@ def check_dockerfile(path, binary, c, repo):
         c.check(not user or user[-1].split(":")[0] in ("0", "root"),
                 f"{path}: agent runs as root (its capabilities apply to uid 0 only)")
     # The runtime packages cover what the built binary links against.
-    for exe in (os.path.join(repo, "target/release", binary), os.path.join(repo, "target/debug", binary)):
+    # cargo's target directory: CARGO_TARGET_DIR when set (relative to the
+    # repository, where make runs cargo), else target/.
+    target = os.path.join(repo, os.environ.get("CARGO_TARGET_DIR") or "target")
+    for exe in (os.path.join(target, "release", binary), os.path.join(target, "debug", binary)):
         needed = elf_needed(exe)
         if needed is None:
             continue
@@ -546,7 +549,7 @@ def check_dockerfile(path, binary, c, repo):
             c.check(pkg is not None, f"{path}: {binary} links {so}, which this check cannot map to a package")
             if pkg:
                 c.check(pkg in have, f"{path}: {binary} links {so} (package {pkg}), not installed in the runtime stage")
-        print(f"  {binary} ({os.path.relpath(exe, repo)}) links {sorted(needed)}: covered by the runtime stage")
+        print(f"  {binary} ({exe}) links {sorted(needed)}: covered by the runtime stage")
         break
     else:
         print(f"  note: {binary} is not built; its shared libraries were not compared with the runtime stage")
