@@ -133,8 +133,10 @@ notes() { # values-file-or-empty, then strings the notes must contain
   say "ok: NOTES.txt renders with ${v:-the default values}"
 }
 notes "" "netscope-aggregator.netscope-system.svc.cluster.local:8080" "serviceCIDRs is empty" \
-  "app.kubernetes.io/name=netscope-agent,app.kubernetes.io/instance=netscope" "curl -s http://localhost:8080/metrics"
-notes "$CHART/ci/full-values.yaml" "TLS is on (mutual)" "Flow logs" "every 5s"
+  "app.kubernetes.io/name=netscope-agent,app.kubernetes.io/instance=netscope" "curl -s http://localhost:9090/metrics"
+notes "$CHART/ci/full-values.yaml" "TLS is on (mutual)" "Flow logs" "every 5s" "curl -s http://localhost:9095/metrics" \
+  "plain HTTP port 9095: no client certificate needed"
+notes "$CHART/ci/tls-values.yaml" "scrapes the TLS port 8080 with aggregator.serviceMonitor.tlsConfig"
 
 # --- values that must be refused ---------------------------------------------
 say "== values that must be refused"
@@ -150,6 +152,10 @@ refuse "an unknown attach mode" --set agent.attachMode=xdp
 refuse "TLS without the aggregator's secret" --set tls.enabled=true --set tls.agentSecret=a
 refuse "TLS without the agents' secret" --set tls.enabled=true --set tls.aggregatorSecret=a
 refuse "mutual TLS without TLS" --set tls.mutual=true
+refuse "the plain HTTP port on the gRPC port" --set aggregator.httpPort=8080
+refuse "the plain HTTP port on the gRPC Service port" --set aggregator.service.port=9090
+refuse "a plain HTTP port out of range" --set aggregator.httpPort=70000
+refuse "a plain HTTP port that is not a number" --set aggregator.httpPort=metrics
 refuse "nine Service CIDRs (the agent takes at most 8)" --set 'serviceCIDRs={10.0.0.0/24,10.0.1.0/24,10.0.2.0/24,10.0.3.0/24,10.0.4.0/24,10.0.5.0/24,10.0.6.0/24,10.0.7.0/24,10.0.8.0/24}'
 refuse "a misspelt values key" --set aggregator.flowlogs=true
 refuse "a collection interval that is not a duration" --set agent.collectionInterval=often
@@ -206,6 +212,16 @@ mutant "an invalid custom endpoint CIDR" 's|10.0.2.0/24|10.0.2.1/24|'
 mutant "agent labels the aggregator does not select" 's/app.kubernetes.io\/name=netscope-agent/app.kubernetes.io\/name=other-agent/'
 mutant "a ClusterRole without watch" '0,/verbs:/s/verbs:.*/verbs: [get, list]/'
 mutant "mutual TLS on one side only" '/--tls-client-ca=/d'
+mutant "no plain HTTP port flag" '/--http-listen-addr=/d'
+mutant "the plain HTTP flag and container port disagreeing" 's/--http-listen-addr=:9095/--http-listen-addr=:9096/'
+mutant "a probe on the mutual-TLS port" '0,/port: http-metrics/s/port: http-metrics/port: grpc/'
+mutant "the old TCP probe under mutual TLS" '/httpGet:/{N;N;N;s/httpGet:\n *path: \/healthz\n\( *\)port: http-metrics\n *scheme: HTTP/tcpSocket:\n\1port: grpc/}'
+mutant "an HTTPS probe on the plain port" '0,/scheme: HTTP$/s/scheme: HTTP$/scheme: HTTPS/'
+mutant "scrape annotations on the mutual-TLS port" 's/prometheus.io\/port: "9095"/prometheus.io\/port: "8080"/'
+mutant "a ServiceMonitor scraping the mutual-TLS port" 's/- port: http-metrics/- port: grpc/'
+mutant "a Service without the plain HTTP port" '/- name: http-metrics/{N;/\n *port:/{N;N;d}}'
+mutant "the Service's plain port aimed at the gRPC port" 's/targetPort: http-metrics/targetPort: grpc/'
+mutant "a port name over 15 characters" 's/name: http-metrics/name: http-metrics-plain/g'
 
 dmutant() {
   local why=$1 which=$2 sedexpr=$3
