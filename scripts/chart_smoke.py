@@ -16,9 +16,12 @@ a "pod" joined by a veth whose node side is named like a CNI's (eni...):
   - TLS material is made with openssl for the rendered server name.
 
 It asserts that the aggregator and the agent both become ready (probing the
-rendered probe paths and ports), that pod traffic reaches the aggregator as
-counted reports (and as a flow log line when flow logs are on), and that the
-agent exits 0 on SIGTERM within the rendered terminationGracePeriodSeconds.
+rendered probe paths and ports, as the kubelet would: the aggregator's on its
+plain HTTP port, without a client certificate even under mutual TLS), that
+pod traffic reaches the aggregator as counted reports, read where the
+chart's scrapers read them (and as a flow log line when flow logs are on),
+and that the agent exits 0 on SIGTERM within the rendered
+terminationGracePeriodSeconds.
 
 Needs root, iproute2, openssl, curl and the built binaries. Network safety:
 addresses and routes only inside the two namespaces it creates; traffic is
@@ -192,7 +195,11 @@ class Smoke:
         tls = any(a.startswith("--tls-cert=") for a in agg_args)
         mtls = any(a.startswith("--tls-client-ca=") for a in agg_args)
         listen_port = int(next((a for a in agg_args if a.startswith("--listen-addr=")), "--listen-addr=:8080").rsplit(":", 1)[1])
-        svc_port = self.svc["spec"]["ports"][0]["port"]
+        http_arg = next((a for a in agg_args if a.startswith("--http-listen-addr=")), None)
+        if not self.check(http_arg is not None, "the aggregator is given --http-listen-addr (the plain port)"):
+            return
+        http_port = int(http_arg.rsplit(":", 1)[1])
+        svc_port = next(p["port"] for p in self.svc["spec"]["ports"] if p["name"] == "grpc")
         self.check(int(endpoint.rsplit(":", 1)[1]) == svc_port, "the agent's endpoint port is the Service's port")
         if svc_port != listen_port:
             # kube-proxy would map the Service port to the container port;
@@ -223,19 +230,33 @@ class Smoke:
             if mtls:
                 curl_tls += ["--cert", f"{self.tmp}/client.crt", "--key", f"{self.tmp}/client.key"]
         agg_host = sni if tls else "127.0.0.1"
-        probe = actr["readinessProbe"]
-        path = probe.get("httpGet", {}).get("path", "/readyz")
-        ok = self.wait("aggregator ready", lambda: self.curl(f"{scheme}://{agg_host}:{listen_port}{path}", curl_tls) == "200", 20)
-        if not self.check(ok, f"aggregator answers 200 on {scheme}://...:{listen_port}{path} with the rendered args"):
+        cports = {p["name"]: p["containerPort"] for p in actr["ports"]}
+        # The probes as the kubelet runs them: plain curl, no certificate,
+        # to the port and path (and scheme) the chart renders.
+        probes = {}
+        for kind in ("readinessProbe", "livenessProbe"):
+            g = actr[kind].get("httpGet")
+            if not self.check(g is not None, f"the aggregator's {kind} is an httpGet probe"):
+                return
+            port = cports.get(g["port"], g["port"])
+            probes[kind] = f"{g.get('scheme', 'HTTP').lower()}://127.0.0.1:{port}{g['path']}"
+        self.check(probes["readinessProbe"].startswith(f"http://127.0.0.1:{http_port}/"),
+                   f"the readiness probe is on the plain port {http_port}: {probes['readinessProbe']}")
+        ok = self.wait("aggregator ready", lambda: self.curl(probes["readinessProbe"]) == "200", 20)
+        if not self.check(ok, f"aggregator answers 200 to its readiness probe {probes['readinessProbe']}, "
+                              "without a client certificate, with the rendered args"):
             print(self.log("aggregator")[-3000:], file=sys.stderr)
             return
+        self.check(self.curl(probes["livenessProbe"]) == "200",
+                   f"aggregator answers 200 to its liveness probe {probes['livenessProbe']}")
+        # The main port still serves HTTP too, over TLS when on.
+        self.check(self.curl(f"{scheme}://{agg_host}:{listen_port}/readyz", curl_tls) == "200",
+                   f"the main port answers {scheme}://...:{listen_port}/readyz" + (" with a client certificate" if mtls else ""))
         if mtls:
             no_cert = [a for a in curl_tls if a not in ("--cert", "--key", f"{self.tmp}/client.crt", f"{self.tmp}/client.key")]
             code = self.curl(f"https://{agg_host}:{listen_port}/healthz", no_cert)
-            self.check(code != "200", f"with mutual TLS a client without a certificate is refused (got {code or 'no answer'}), "
-                                      "so the chart's TCP probes are needed")
-            tcp = actr["livenessProbe"].get("tcpSocket")
-            self.check(tcp is not None, "the chart probes the aggregator over TCP under mutual TLS")
+            self.check(code != "200", f"with mutual TLS the main port refuses a client without a certificate (got "
+                                      f"{code or 'no answer'}), so probes and scrapers need the plain port")
 
         # The agent: rendered args and env, the rendered capabilities only.
         sc = gctr.get("securityContext", {})
@@ -274,10 +295,18 @@ class Smoke:
         print(f"  [{self.label}] attach mode used: {mode.group(1) if mode else '?'}")
         # Pod traffic, bounded: 20 pings at 0.1 s, each waiting at most 1 s.
         sh("ip", "netns", "exec", self.pod_ns, "ping", "-c", "20", "-i", "0.1", "-W", "1", "10.77.0.1", check=False)
-        metrics_url = f"{scheme}://{agg_host}:{listen_port}/metrics"
+        # Where the chart's scrape annotations point (the plain port, no
+        # certificate), else the main port.
+        ann = self.dep["spec"]["template"]["metadata"].get("annotations", {})
+        if "prometheus.io/port" in ann:
+            metrics_url = f"{ann.get('prometheus.io/scheme', 'http')}://127.0.0.1:{ann['prometheus.io/port']}{ann.get('prometheus.io/path', '/metrics')}"
+            metrics_tls = []
+        else:
+            metrics_url, metrics_tls = f"{scheme}://{agg_host}:{listen_port}/metrics", curl_tls
+        print(f"  [{self.label}] reading metrics from {metrics_url}")
 
         def counted():
-            m = re.search(r'^netscope_aggregator_reports_total\{[^}]*result="counted"[^}]*\} (\d+)', self.fetch(metrics_url, curl_tls), re.M)
+            m = re.search(r'^netscope_aggregator_reports_total\{[^}]*result="counted"[^}]*\} (\d+)', self.fetch(metrics_url, metrics_tls), re.M)
             return m is not None and int(m.group(1)) >= 1
 
         interval = next((a.split("=", 1)[1] for a in agent_args if a.startswith("--collection-interval=")), "10s")
@@ -285,7 +314,7 @@ class Smoke:
         if not self.check(ok, f"the aggregator counted the agent's report (collection interval {interval})"):
             print(self.log("agent")[-4000:], file=sys.stderr)
             print(self.log("aggregator")[-2000:], file=sys.stderr)
-        body = self.fetch(metrics_url, curl_tls)
+        body = self.fetch(metrics_url, metrics_tls)
         self.check(re.search(r'^pod_network_traffic_bytes_total\{[^}]*src_pod="smoke-pod"', body, re.M) is not None,
                    "pod_network_traffic_bytes_total has the pod's traffic")
         if "--enable-flow-logs" in agg_args:

@@ -8,7 +8,8 @@
 #   3. values that must be refused (bad attach mode, TLS without a secret,
 #      ...) are refused;
 #   4. every flag the templates pass exists in the binaries' --help (the
-#      built binaries when target/debug has them, else
+#      built binaries when cargo's target directory has them, i.e.
+#      $CARGO_TARGET_DIR/debug or else target/debug, otherwise
 #      charts/netscope/ci/known-flags.txt);
 #   5. NOTES.txt renders; docs/deploy.md's values table matches values.yaml;
 #   6. the Dockerfiles' structure (dockerfile-parse), and that the checks
@@ -36,6 +37,12 @@ say() { printf 'helm-test: %s\n' "$*"; }
 die() { printf 'helm-test: FAIL: %s\n' "$*" >&2; exit 1; }
 
 mkdir -p "$TOOLS"
+
+# cargo's target directory, as cargo picks it: CARGO_TARGET_DIR when set
+# (make test-helm builds there), else target/.
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET in /*) ;; *) TARGET=$ROOT/$TARGET ;; esac
+export CARGO_TARGET_DIR=$TARGET
 
 # --- tools -------------------------------------------------------------------
 HELM=$TOOLS/helm
@@ -71,7 +78,7 @@ export HELM_CACHE_HOME=$TOOLS/helm-home/cache HELM_CONFIG_HOME=$TOOLS/helm-home/
 rm -rf "$OUT" && mkdir -p "$OUT"
 FLAG_ARGS=()
 for bin in netscope-agent netscope-aggregator; do
-  exe=$ROOT/target/debug/$bin
+  exe=$TARGET/debug/$bin
   if [ -x "$exe" ]; then
     "$exe" --help >"$OUT/$bin.help" || die "$exe --help failed"
     FLAG_ARGS+=(--help-text "$bin=$OUT/$bin.help")
@@ -126,8 +133,10 @@ notes() { # values-file-or-empty, then strings the notes must contain
   say "ok: NOTES.txt renders with ${v:-the default values}"
 }
 notes "" "netscope-aggregator.netscope-system.svc.cluster.local:8080" "serviceCIDRs is empty" \
-  "app.kubernetes.io/name=netscope-agent,app.kubernetes.io/instance=netscope" "curl -s http://localhost:8080/metrics"
-notes "$CHART/ci/full-values.yaml" "TLS is on (mutual)" "Flow logs" "every 5s"
+  "app.kubernetes.io/name=netscope-agent,app.kubernetes.io/instance=netscope" "curl -s http://localhost:9090/metrics"
+notes "$CHART/ci/full-values.yaml" "TLS is on (mutual)" "Flow logs" "every 5s" "curl -s http://localhost:9095/metrics" \
+  "plain HTTP port 9095: no client certificate needed"
+notes "$CHART/ci/tls-values.yaml" "scrapes the TLS port 8080 with aggregator.serviceMonitor.tlsConfig"
 
 # --- values that must be refused ---------------------------------------------
 say "== values that must be refused"
@@ -143,6 +152,10 @@ refuse "an unknown attach mode" --set agent.attachMode=xdp
 refuse "TLS without the aggregator's secret" --set tls.enabled=true --set tls.agentSecret=a
 refuse "TLS without the agents' secret" --set tls.enabled=true --set tls.aggregatorSecret=a
 refuse "mutual TLS without TLS" --set tls.mutual=true
+refuse "the plain HTTP port on the gRPC port" --set aggregator.httpPort=8080
+refuse "the plain HTTP port on the gRPC Service port" --set aggregator.service.port=9090
+refuse "a plain HTTP port out of range" --set aggregator.httpPort=70000
+refuse "a plain HTTP port that is not a number" --set aggregator.httpPort=metrics
 refuse "nine Service CIDRs (the agent takes at most 8)" --set 'serviceCIDRs={10.0.0.0/24,10.0.1.0/24,10.0.2.0/24,10.0.3.0/24,10.0.4.0/24,10.0.5.0/24,10.0.6.0/24,10.0.7.0/24,10.0.8.0/24}'
 refuse "a misspelt values key" --set aggregator.flowlogs=true
 refuse "a collection interval that is not a duration" --set agent.collectionInterval=often
@@ -199,6 +212,16 @@ mutant "an invalid custom endpoint CIDR" 's|10.0.2.0/24|10.0.2.1/24|'
 mutant "agent labels the aggregator does not select" 's/app.kubernetes.io\/name=netscope-agent/app.kubernetes.io\/name=other-agent/'
 mutant "a ClusterRole without watch" '0,/verbs:/s/verbs:.*/verbs: [get, list]/'
 mutant "mutual TLS on one side only" '/--tls-client-ca=/d'
+mutant "no plain HTTP port flag" '/--http-listen-addr=/d'
+mutant "the plain HTTP flag and container port disagreeing" 's/--http-listen-addr=:9095/--http-listen-addr=:9096/'
+mutant "a probe on the mutual-TLS port" '0,/port: http-metrics/s/port: http-metrics/port: grpc/'
+mutant "the old TCP probe under mutual TLS" '/httpGet:/{N;N;N;s/httpGet:\n *path: \/healthz\n\( *\)port: http-metrics\n *scheme: HTTP/tcpSocket:\n\1port: grpc/}'
+mutant "an HTTPS probe on the plain port" '0,/scheme: HTTP$/s/scheme: HTTP$/scheme: HTTPS/'
+mutant "scrape annotations on the mutual-TLS port" 's/prometheus.io\/port: "9095"/prometheus.io\/port: "8080"/'
+mutant "a ServiceMonitor scraping the mutual-TLS port" 's/- port: http-metrics/- port: grpc/'
+mutant "a Service without the plain HTTP port" '/- name: http-metrics/{N;/\n *port:/{N;N;d}}'
+mutant "the Service's plain port aimed at the gRPC port" 's/targetPort: http-metrics/targetPort: grpc/'
+mutant "a port name over 15 characters" 's/name: http-metrics/name: http-metrics-plain/g'
 
 dmutant() {
   local why=$1 which=$2 sedexpr=$3
@@ -216,7 +239,7 @@ dmutant "no --locked" agent 's/ --locked//'
 dmutant "the aggregator as root" aggregator 's/^USER 65532:65532/USER 0/'
 dmutant "no clang in the agent's build stage" agent 's/ clang libelf-dev / libelf-dev /'
 dmutant "a runtime that is not bookworm-slim" aggregator 's/^FROM debian:bookworm-slim/FROM debian:bookworm/'
-if [ -x "$ROOT/target/debug/netscope-agent" ] || [ -x "$ROOT/target/release/netscope-agent" ]; then
+if [ -x "$TARGET/debug/netscope-agent" ] || [ -x "$TARGET/release/netscope-agent" ]; then
   dmutant "libelf1 missing from the agent's runtime" agent 's/ libelf1 / /'
 else
   say "SKIPPED: the runtime-libraries mutation needs a built netscope-agent (cargo build -p netscope-agent)"
@@ -228,11 +251,11 @@ fi
 # under exactly the chart's capabilities, a report from pod traffic is
 # counted, and the agent stops cleanly on SIGTERM.
 say "== the rendered command lines, run with the built binaries"
-BINDIR=$ROOT/target/debug
+BINDIR=$TARGET/debug
 if [ "$(id -u)" -ne 0 ]; then
   say "SKIPPED: the smoke run needs root (network namespaces, BPF); the chart's command lines were NOT run"
 elif ! [ -x "$BINDIR/netscope-agent" ] || ! [ -x "$BINDIR/netscope-aggregator" ]; then
-  say "SKIPPED: no target/debug/netscope-agent and netscope-aggregator (make test-helm builds them); the chart's command lines were NOT run"
+  say "SKIPPED: no netscope-agent and netscope-aggregator in $BINDIR (make test-helm builds them); the chart's command lines were NOT run"
 else
   for t in ip setpriv openssl curl ping tc; do command -v $t >/dev/null || die "$t is needed for the smoke run (make deps)"; done
   "$PY" "$ROOT/scripts/chart_smoke.py" --bindir "$BINDIR" "default=$OUT/default.yaml" "full=$OUT/full.yaml" "tls=$OUT/tls.yaml" && passes=$((passes + 1)) || fails=$((fails + 1))

@@ -211,17 +211,35 @@ def check_flags(binary, container, sources, c):
         c.check(e["name"] in envs, f"{binary}: the chart sets env {e['name']}, which `{binary} --help` does not read")
 
 
-def check_probe(probe, path, port_name, c, what, tls=False, mtls=False):
+def check_probe(probe, path, port_name, c, what):
+    """An httpGet probe of path on the named port, in plain HTTP."""
     if not c.check(probe is not None, f"{what}: no probe"):
         return
-    if mtls:
-        c.check(probe.get("tcpSocket", {}).get("port") == port_name,
-                f"{what}: with mutual TLS the probe must be a TCP check on {port_name}")
+    g = probe.get("httpGet")
+    if not c.check(g is not None, f"{what}: must be an httpGet probe, is {sorted(set(probe) & {'tcpSocket', 'exec', 'grpc'})}"):
         return
-    g = probe.get("httpGet", {})
     c.check(g.get("path") == path, f"{what}: httpGet path {g.get('path')!r}, want {path}")
     c.check(g.get("port") == port_name, f"{what}: httpGet port {g.get('port')!r}, want {port_name}")
-    c.check(g.get("scheme", "HTTP") == ("HTTPS" if tls else "HTTP"), f"{what}: scheme {g.get('scheme')}")
+    c.check(g.get("scheme", "HTTP") == "HTTP", f"{what}: scheme {g.get('scheme')}, want HTTP (the plain port)")
+
+
+PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+def check_port_names(ports, what, c):
+    """Kubernetes port names are IANA service names: at most 15 characters,
+    lower-case letters, digits and '-', at least one letter; unique. The
+    OpenAPI schemas do not say so, the API server does."""
+    names = [p.get("name") for p in ports]
+    for n in names:
+        c.check(n is not None and len(n) <= 15 and PORT_NAME_RE.match(n) is not None and "--" not in n
+                and re.search(r"[a-z]", n) is not None, f"{what}: port name {n!r} is not a valid IANA service name")
+    c.check(len(set(names)) == len(names), f"{what}: duplicate port names {names}")
+
+
+# The aggregator's container port names: gRPC (+ HTTP, TLS when on), and the
+# plain HTTP port for probes and scrapers (--http-listen-addr).
+AGG_GRPC, AGG_HTTP = "grpc", "http-metrics"
 
 
 def check_chart(docs, sources, c):
@@ -248,24 +266,39 @@ def check_chart(docs, sources, c):
         agg_args = args_of(ctr)
         check_flags(AGGREGATOR, ctr, sources, c)
         listen = agg_args.get("--listen-addr", ":8080")
-        (port,) = ctr["ports"]
-        c.check(port["containerPort"] == port_of(listen),
-                f"aggregator containerPort {port['containerPort']} != --listen-addr {listen}")
+        check_port_names(ctr.get("ports", []), "aggregator container", c)
+        cports = {p["name"]: p for p in ctr.get("ports", [])}
+        c.check(set(cports) == {AGG_GRPC, AGG_HTTP},
+                f"aggregator container ports {sorted(cports)}, want {sorted([AGG_GRPC, AGG_HTTP])}")
+        gport, hport = cports.get(AGG_GRPC, {}), cports.get(AGG_HTTP, {})
+        c.check(gport.get("containerPort") == port_of(listen),
+                f"aggregator containerPort {AGG_GRPC} {gport.get('containerPort')} != --listen-addr {listen}")
+        # The plain HTTP port: always on, whatever TLS says, and the one the
+        # probes, annotations and ServiceMonitor use.
+        http_listen = agg_args.get("--http-listen-addr")
+        if c.check(isinstance(http_listen, str) and http_listen != "",
+                   "aggregator: --http-listen-addr must always be passed (probes and scrapers use the plain port)"):
+            c.check(hport.get("containerPort") == port_of(http_listen),
+                    f"aggregator containerPort {AGG_HTTP} {hport.get('containerPort')} != --http-listen-addr {http_listen}")
+            c.check(port_of(http_listen) != port_of(listen),
+                    f"--http-listen-addr {http_listen} and --listen-addr {listen} must be different ports")
         tls_on = "--tls-cert" in agg_args
-        mtls = "--tls-client-ca" in agg_args
-        check_probe(ctr.get("livenessProbe"), "/healthz", port["name"], c, "aggregator liveness", tls_on, mtls)
-        check_probe(ctr.get("readinessProbe"), "/readyz", port["name"], c, "aggregator readiness", tls_on, mtls)
+        check_probe(ctr.get("livenessProbe"), "/healthz", AGG_HTTP, c, "aggregator liveness")
+        check_probe(ctr.get("readinessProbe"), "/readyz", AGG_HTTP, c, "aggregator readiness")
         # Non-root.
         psc, csc = spec.get("securityContext", {}), ctr.get("securityContext", {})
         c.check(psc.get("runAsNonRoot") is True or csc.get("runAsNonRoot") is True, "aggregator must run as non-root")
         c.check(csc.get("allowPrivilegeEscalation") is False, "aggregator: allowPrivilegeEscalation must be false")
         c.check("ALL" in csc.get("capabilities", {}).get("drop", []), "aggregator: drop ALL capabilities")
-        # Prometheus annotations point at the port.
+        # Prometheus annotations point at the plain HTTP port.
         ann = dep["spec"]["template"]["metadata"].get("annotations", {})
         if ann.get("prometheus.io/scrape") == "true":
-            c.check(ann.get("prometheus.io/port") == str(port["containerPort"]), "aggregator prometheus.io/port")
-            c.check(ann.get("prometheus.io/scheme", "http") == ("https" if tls_on else "http"),
-                    "aggregator prometheus.io/scheme")
+            c.check(ann.get("prometheus.io/port") == str(hport.get("containerPort")),
+                    f"aggregator prometheus.io/port {ann.get('prometheus.io/port')}, want the {AGG_HTTP} port "
+                    f"{hport.get('containerPort')}")
+            c.check(ann.get("prometheus.io/scheme", "http") == "http",
+                    f"aggregator prometheus.io/scheme {ann.get('prometheus.io/scheme')}: the plain port is http")
+            c.check(ann.get("prometheus.io/path") == "/metrics", "aggregator prometheus.io/path")
         # RBAC: the pod's ServiceAccount can get/list/watch what the resolver watches.
         sa_name = spec.get("serviceAccountName")
         sas = [s["metadata"]["name"] for s in by_kind(docs, "ServiceAccount")]
@@ -319,9 +352,18 @@ def check_chart(docs, sources, c):
     if svc and dep:
         pod_labels = dep["spec"]["template"]["metadata"]["labels"]
         c.check(selector_matches(svc["spec"]["selector"], pod_labels), "Service selector does not select aggregator pods")
-        (sp,) = svc["spec"]["ports"]
-        (cp,) = dep["spec"]["template"]["spec"]["containers"][0]["ports"]
-        c.check(sp["targetPort"] in (cp["name"], cp["containerPort"]), "Service targetPort is not the container port")
+        sports = svc["spec"]["ports"]
+        check_port_names(sports, "aggregator Service", c)
+        nums = [(p["port"], p.get("protocol", "TCP")) for p in sports]
+        c.check(len(set(nums)) == len(nums), f"aggregator Service: duplicate port numbers {nums}")
+        cports = {p["name"]: p for p in dep["spec"]["template"]["spec"]["containers"][0].get("ports", [])}
+        # Each Service port (named like the container port it targets) reaches that container port.
+        for want in (AGG_GRPC, AGG_HTTP):
+            sp = next((p for p in sports if p["name"] == want), None)
+            if c.check(sp is not None, f"aggregator Service has no port named {want}") and want in cports:
+                cp = cports[want]
+                c.check(sp.get("targetPort") in (cp["name"], cp["containerPort"]),
+                        f"Service port {want} targets {sp.get('targetPort')!r}, not the container port {want}")
 
     if ds:
         spec = ds["spec"]["template"]["spec"]
@@ -372,7 +414,8 @@ def check_chart(docs, sources, c):
             host, port_s = ep.rsplit(":", 1)
             want = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
             c.check(host == want, f"--server-endpoint host {host}, want the Service {want}")
-            c.check(int(port_s) == svc["spec"]["ports"][0]["port"], "--server-endpoint port != Service port")
+            grpc_sp = next((p["port"] for p in svc["spec"]["ports"] if p["name"] == AGG_GRPC), None)
+            c.check(int(port_s) == grpc_sp, f"--server-endpoint port {port_s} != the Service's {AGG_GRPC} port {grpc_sp}")
         # TLS on one side only never works.
         c.check(("--tls-ca" in a) == tls_on, "TLS must be on for both the agent and the aggregator or for neither")
         c.check(("--tls-cert" in a) == ("--tls-client-ca" in agg_args), "mutual TLS must be on for both or neither")
@@ -398,10 +441,19 @@ def check_chart(docs, sources, c):
             c.check(selector_matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]),
                     "ServiceMonitor selector does not select the aggregator Service")
             names = {p["name"] for p in svc["spec"]["ports"]}
+            tls_cfg = VALUES.get("aggregator", {}).get("serviceMonitor", {}).get("tlsConfig")
             for ep in sm["spec"]["endpoints"]:
                 c.check(ep["port"] in names, f"ServiceMonitor port {ep['port']} is not a Service port name {names}")
                 c.check(ep.get("path") == "/metrics", "ServiceMonitor path must be /metrics")
-                c.check(ep.get("scheme") == ("https" if tls_on else "http"), "ServiceMonitor scheme")
+                if tls_on and tls_cfg:
+                    # Opt-in: scraping the TLS port with the user's tlsConfig.
+                    c.check(ep["port"] == AGG_GRPC and ep.get("scheme") == "https" and ep.get("tlsConfig") == tls_cfg,
+                            f"ServiceMonitor with serviceMonitor.tlsConfig must scrape {AGG_GRPC} over https with it, "
+                            f"scrapes {ep['port']} over {ep.get('scheme')}")
+                else:
+                    c.check(ep["port"] == AGG_HTTP and ep.get("scheme") == "http" and "tlsConfig" not in ep,
+                            f"ServiceMonitor must scrape the plain port {AGG_HTTP} over http, scrapes {ep['port']} "
+                            f"over {ep.get('scheme')}{' with a tlsConfig' if 'tlsConfig' in ep else ''}")
             c.check(svc["metadata"]["namespace"] in sm["spec"].get("namespaceSelector", {}).get("matchNames", []),
                     "ServiceMonitor namespaceSelector misses the release namespace")
 
@@ -536,7 +588,10 @@ def check_dockerfile(path, binary, c, repo):
         c.check(not user or user[-1].split(":")[0] in ("0", "root"),
                 f"{path}: agent runs as root (its capabilities apply to uid 0 only)")
     # The runtime packages cover what the built binary links against.
-    for exe in (os.path.join(repo, "target/release", binary), os.path.join(repo, "target/debug", binary)):
+    # cargo's target directory: CARGO_TARGET_DIR when set (relative to the
+    # repository, where make runs cargo), else target/.
+    target = os.path.join(repo, os.environ.get("CARGO_TARGET_DIR") or "target")
+    for exe in (os.path.join(target, "release", binary), os.path.join(target, "debug", binary)):
         needed = elf_needed(exe)
         if needed is None:
             continue
@@ -546,7 +601,7 @@ def check_dockerfile(path, binary, c, repo):
             c.check(pkg is not None, f"{path}: {binary} links {so}, which this check cannot map to a package")
             if pkg:
                 c.check(pkg in have, f"{path}: {binary} links {so} (package {pkg}), not installed in the runtime stage")
-        print(f"  {binary} ({os.path.relpath(exe, repo)}) links {sorted(needed)}: covered by the runtime stage")
+        print(f"  {binary} ({exe}) links {sorted(needed)}: covered by the runtime stage")
         break
     else:
         print(f"  note: {binary} is not built; its shared libraries were not compared with the runtime stage")

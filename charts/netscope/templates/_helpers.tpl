@@ -118,3 +118,18 @@ app.kubernetes.io/component: aggregator
 {{- fail "tls.mutual needs tls.enabled" -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Fails rendering when the aggregator's plain HTTP port collides with its gRPC
+port: in the pod (both are bound by the one process) or in the Service
+(two ports with one number).
+*/}}
+{{- define "netscope.validatePorts" -}}
+{{- $a := .Values.aggregator -}}
+{{- if eq (int $a.httpPort) (int $a.port) -}}
+{{- fail (printf "aggregator.httpPort (%d) must differ from aggregator.port (%d), the gRPC port: the aggregator binds both" (int $a.httpPort) (int $a.port)) -}}
+{{- end -}}
+{{- if eq (int $a.httpPort) (int $a.service.port) -}}
+{{- fail (printf "aggregator.httpPort (%d) must differ from aggregator.service.port (%d): the Service exposes both ports, and one number cannot name two" (int $a.httpPort) (int $a.service.port)) -}}
+{{- end -}}
+{{- end -}}
