@@ -388,8 +388,14 @@ impl Cluster {
         to: usize,
         reference: &mut Reference,
     ) -> io::Result<PodMove> {
+        if self.pods[i].vlan {
+            // Its tagging helpers are attached to its links.
+            return Err(io::Error::other(
+                "moving the VLAN-tagged pod is not supported",
+            ));
+        }
         let old = self.pods.remove(i);
-        let (v4, v6, vlan) = (old.v4, old.v6, old.vlan);
+        let (v4, v6) = (old.v4, old.v6);
         let done = PodMove {
             pod: i,
             old_name: old.name.clone(),
@@ -397,11 +403,6 @@ impl Cluster {
             v4,
             v6,
         };
-        if vlan {
-            return Err(io::Error::other(
-                "moving the VLAN-tagged pod is not supported",
-            ));
-        }
         let (namespace, workload) = (old.namespace, old.workload);
         drop(old);
         let cni = PODS
