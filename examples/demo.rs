@@ -41,8 +41,8 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics_addr: SocketAddr,
     /// Agents' collection interval.
-    #[arg(long, default_value = "2s")]
-    collection_interval: String,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    collection_interval: Duration,
     /// Check every pod pair against the nftables reference and exit non-zero on a mismatch.
     #[arg(long)]
     verify: bool,
@@ -270,8 +270,7 @@ fn move_pod(
     let info = cluster
         .move_pod(i, MOVED_TO_NODE, reference)
         .context("moving the pod")?;
-    let interval = collection_interval(args);
-    std::thread::sleep(interval * 2 + Duration::from_secs(1));
+    std::thread::sleep(args.collection_interval * 2 + Duration::from_secs(1));
     let at_move = reference
         .read(cluster)
         .context("reading the reference at the move")?;
@@ -294,10 +293,6 @@ fn move_pod(
         deadline.max(Instant::now() + Duration::from_secs(4)),
     );
     Ok(Moved { info, at_move })
-}
-
-fn collection_interval(args: &Args) -> Duration {
-    humantime::parse_duration(&args.collection_interval).unwrap_or(Duration::from_secs(2))
 }
 
 /// One Prometheus sample: name, labels, value.
@@ -455,7 +450,7 @@ fn run(
             "--server-endpoint".into(),
             listen.to_string(),
             "--collection-interval".into(),
-            args.collection_interval.clone(),
+            humantime::format_duration(args.collection_interval).to_string(),
             "--service-cidrs".into(),
             sim::SERVICE_CIDR.into(),
             "--attach-mode".into(),
@@ -621,7 +616,7 @@ fn run(
         return Ok(());
     }
     // Let the agents drain and report the last interval.
-    std::thread::sleep(collection_interval(args) * 2 + Duration::from_secs(1));
+    std::thread::sleep(args.collection_interval * 2 + Duration::from_secs(1));
     let last = scrape(args.metrics_addr).context("scraping the aggregator")?;
     // Counters restart with the aggregator: the totals are the last scrape
     // before the restart plus everything after it.
