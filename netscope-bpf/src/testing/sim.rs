@@ -187,39 +187,15 @@ impl Cluster {
         }
         // Pod CIDR routes between nodes (10.100.<n>.0/24, fd00:100:<n>::/64).
         for (i, n) in nodes.iter().enumerate() {
-            for (j, m) in nodes.iter().enumerate() {
-                if i != j {
-                    n.ns.exec(&[
-                        "ip",
-                        "route",
-                        "add",
-                        &format!("10.100.{}.0/24", j + 1),
-                        "via",
-                        &m.ip.to_string(),
-                    ])?;
-                    n.ns.exec(&[
-                        "ip",
-                        "-6",
-                        "route",
-                        "add",
-                        &format!("fd00:100:{}::/64", j + 1),
-                        "via",
-                        &m.ip6.to_string(),
-                    ])?;
-                }
+            for (j, m) in nodes.iter().enumerate().filter(|&(j, _)| j != i) {
+                route_via(&n.ns, &format!("10.100.{}.0/24", j + 1), m.ip.into())?;
+                route_via(&n.ns, &format!("fd00:100:{}::/64", j + 1), m.ip6.into())?;
             }
         }
         // The database and the aggregator route pod traffic back via the owning node.
         for (j, m) in nodes.iter().enumerate() {
             for ns in [&ext, &agg] {
-                ns.exec(&[
-                    "ip",
-                    "route",
-                    "add",
-                    &format!("10.100.{}.0/24", j + 1),
-                    "via",
-                    &m.ip.to_string(),
-                ])?;
+                route_via(ns, &format!("10.100.{}.0/24", j + 1), m.ip.into())?;
             }
         }
 
@@ -418,27 +394,14 @@ impl Cluster {
             v4,
             v6,
         )?;
-        let via = node.ip.to_string();
-        let via6 = node.ip6.to_string();
-        for (j, n) in self.nodes.iter().enumerate() {
-            if j == to {
-                continue;
-            }
-            n.ns.exec(&["ip", "route", "replace", &format!("{v4}/32"), "via", &via])?;
+        for (_, n) in self.nodes.iter().enumerate().filter(|&(j, _)| j != to) {
+            route_via(&n.ns, &format!("{v4}/32"), node.ip.into())?;
             if let Some(v6) = v6 {
-                n.ns.exec(&[
-                    "ip",
-                    "-6",
-                    "route",
-                    "replace",
-                    &format!("{v6}/128"),
-                    "via",
-                    &via6,
-                ])?;
+                route_via(&n.ns, &format!("{v6}/128"), node.ip6.into())?;
             }
         }
         for ns in [&self.ext, &self.agg] {
-            ns.exec(&["ip", "route", "replace", &format!("{v4}/32"), "via", &via])?;
+            route_via(ns, &format!("{v4}/32"), node.ip.into())?;
         }
         self.pods.insert(
             i,
@@ -471,6 +434,22 @@ impl Cluster {
     pub fn helper_links(&self) -> usize {
         self.links.len()
     }
+}
+
+/// Routes `prefix` via `gateway` in `ns`, replacing a route to the same
+/// prefix (a moved pod's address).
+fn route_via(ns: &NetNs, prefix: &str, gateway: IpAddr) -> io::Result<()> {
+    let family = if gateway.is_ipv4() { "-4" } else { "-6" };
+    ns.exec(&[
+        "ip",
+        family,
+        "route",
+        "replace",
+        prefix,
+        "via",
+        &gateway.to_string(),
+    ])
+    .map(drop)
 }
 
 /// Creates the pod namespace `ns_name` behind `host_if` on `node`, with
