@@ -65,6 +65,13 @@ struct Args {
     /// a node in another zone; bytes must follow the pod that held the IP.
     #[arg(long)]
     move_pod: bool,
+    /// Hostile inputs (for the end-to-end test): a pod sends a malformed
+    /// IPv4 frame (total length below its header length) every half
+    /// collection interval, and a host on the underlay that is not a node
+    /// reports traffic in node-1's name. Neither may change a count.
+    #[arg(long)]
+    hostile: bool,
+
     /// Namespace prefix (must start with ns- or netscope-test-).
     #[arg(long, default_value = "ns-sim")]
     prefix: String,
@@ -509,6 +516,27 @@ fn run(
     let t0 = Instant::now();
     let deadline = t0 + args.duration;
     let mut traffic = Traffic::start(&cluster, deadline);
+    if args.hostile {
+        // Where the sender's observation is the counted one: to the
+        // external database. From `orders`, which queries it, a frame
+        // counted by mistake inflates a verified pair; from `web`, which
+        // never talks to it, it makes a flow of its own whose one packet
+        // is shorter than an IP header.
+        for from in [
+            pod_index(&cluster, "orders", 3),
+            pod_index(&cluster, "web", 0),
+        ] {
+            traffic
+                .send_malformed(
+                    &cluster,
+                    from,
+                    sim::EXTERNAL_IP,
+                    args.collection_interval / 2,
+                    deadline,
+                )
+                .context("starting the malformed-frame sender")?;
+        }
+    }
     let mut next_progress = t0 + Duration::from_secs(5);
     let (agent_restart_at, agg_restart_at) = (t0 + args.duration / 3, t0 + args.duration * 2 / 3);
     let (mut agent_restarted, mut agg_restarted) = (!args.restarts, !args.restarts);
@@ -678,11 +706,24 @@ fn run(
     Ok(())
 }
 
+/// Index of the pod of `workload` on node index `node`.
+fn pod_index(c: &Cluster, workload: &str, node: usize) -> usize {
+    c.pods
+        .iter()
+        .position(|p| p.workload == workload && p.node == node)
+        .unwrap_or_else(|| panic!("no {workload} pod on node index {node}"))
+}
+
 fn report(samples: &[Sample], elapsed: Duration, exchanges: &[(&'static str, u64)]) {
     let secs = elapsed.as_secs_f64();
     println!("\n== traffic mix ({:.0} s) ==", secs);
     for (name, n) in exchanges {
-        println!("  {name:<26} {n:>7} exchanges");
+        let unit = if name.starts_with("malformed") {
+            "frames"
+        } else {
+            "exchanges"
+        };
+        println!("  {name:<26} {n:>7} {unit}");
     }
     // Zone matrix.
     let zones = sim::ZONES;

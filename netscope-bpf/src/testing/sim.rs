@@ -761,6 +761,8 @@ pub struct Traffic {
     paused: Vec<Pattern>,
     /// Exchanges of clients that have already stopped.
     finished: Vec<(&'static str, u64)>,
+    /// Senders of hostile frames ([`Traffic::send_malformed`]).
+    raw: Vec<Running<(&'static str, u64)>>,
 }
 
 /// The workloads that serve on [`SERVER_PORT`].
@@ -890,7 +892,53 @@ impl Traffic {
             clients,
             paused: Vec::new(),
             finished: Vec::new(),
+            raw: Vec::new(),
         }
+    }
+
+    /// Makes pod `from` send, every `every` until `deadline`, one IPv4
+    /// frame that the kernel drops as malformed: a valid header checksum,
+    /// but a total length ([`MALFORMED_TOT_LEN`]) below the header's own 20
+    /// bytes, addressed to `to`. Any pod with CAP_NET_RAW can send it.
+    /// The receiving host drops it in `ip_rcv` before forwarding, so the
+    /// nftables reference never sees it, and a correct monitor counts
+    /// nothing for it either. Sent on an AF_PACKET socket on the pod's
+    /// `eth0` to the host-side link's MAC.
+    ///
+    /// # Errors
+    /// When the host-side link's MAC cannot be read.
+    pub fn send_malformed(
+        &mut self,
+        c: &Cluster,
+        from: usize,
+        to: Ipv4Addr,
+        every: Duration,
+        deadline: Instant,
+    ) -> io::Result<()> {
+        let pod = &c.pods[from];
+        let node = &c.nodes[pod.node].ns;
+        let link = node.exec(&["ip", "-o", "link", "show", "dev", &pod.host_if])?;
+        let mac = link
+            .split_once("link/ether ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .ok_or_else(|| io::Error::other(format!("no MAC for {}: {link:?}", pod.host_if)))?;
+        let dst_mac = parse_mac(mac)?;
+        let frame = malformed_ipv4(dst_mac, pod.v4, to);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = pod.ns.spawn(move || {
+            let mut sent = 0u64;
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match send_raw("eth0", &frame) {
+                    Ok(()) => sent += 1,
+                    Err(e) => eprintln!("sim: sending a malformed frame failed: {e}"),
+                }
+                std::thread::sleep(every);
+            }
+            ("malformed IPv4 (hostile)", sent)
+        });
+        self.raw.push(Running { stop, handle });
+        Ok(())
     }
 
     /// Stops every client that talks to or from pod `i`, then the pod's
@@ -939,6 +987,14 @@ impl Traffic {
     /// returns (pattern, completed exchanges), a pattern's runs summed.
     pub fn stop(self) -> Vec<(&'static str, u64)> {
         let mut out = self.finished;
+        for r in &self.raw {
+            r.stop.store(true, Ordering::Relaxed);
+        }
+        out.extend(
+            self.raw
+                .into_iter()
+                .map(|r| r.handle.join().unwrap_or(("panicked", 0))),
+        );
         out.extend(
             self.clients
                 .into_iter()
@@ -959,4 +1015,80 @@ impl Traffic {
         }
         summed
     }
+}
+
+/// The IPv4 total length [`Traffic::send_malformed`] writes: below the
+/// 20-byte header it comes with.
+pub const MALFORMED_TOT_LEN: u16 = 10;
+
+fn parse_mac(s: &str) -> io::Result<[u8; 6]> {
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|e| io::Error::other(format!("MAC {s:?}: {e}")))?;
+    bytes
+        .try_into()
+        .map_err(|_| io::Error::other(format!("MAC {s:?}: not 6 bytes")))
+}
+
+/// An Ethernet frame with an IPv4 header whose total length is
+/// [`MALFORMED_TOT_LEN`] (checksum valid), then zero padding to 60 bytes.
+fn malformed_ipv4(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&MALFORMED_TOT_LEN.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.resize(60, 0);
+    f
+}
+
+/// Sends `frame` as is on `dev` (in the calling thread's namespace) through
+/// an AF_PACKET socket.
+fn send_raw(dev: &str, frame: &[u8]) -> io::Result<()> {
+    let ifindex = super::super::interface(dev)?.ifindex;
+    // SAFETY: plain socket(2) call; the fd is owned right after.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+    // SAFETY: the buffer and address are valid for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            std::ptr::addr_of!(sll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
