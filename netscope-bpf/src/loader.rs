@@ -108,6 +108,11 @@ fn route_libbpf_logs() {
                 PrintLevel::Warn if !expected => tracing::warn!(target: "libbpf", "{msg}"),
                 PrintLevel::Warn => tracing::debug!(target: "libbpf", "{msg}"),
                 PrintLevel::Info => tracing::debug!(target: "libbpf", "{msg}"),
+                // The verifier's statistics, asked for by
+                // NETSCOPE_VERIFIER_STATS=1 (see Capture::load).
+                PrintLevel::Debug if msg.contains("-- BEGIN PROG LOAD LOG --") => {
+                    tracing::info!(target: "libbpf", "{msg}")
+                }
                 PrintLevel::Debug => tracing::trace!(target: "libbpf", "{msg}"),
             }
         })));
@@ -194,6 +199,14 @@ impl Capture {
         // since 5.10 the kernel does not compare max_entries of inner hash
         // maps (commit 134fede4eecf), so tables of any size fit the slot.
 
+        // NETSCOPE_VERIFIER_STATS=1 asks the verifier for its statistics
+        // (BPF_LOG_STATS, 5.2+: "processed N insns (limit L) ..."), logged
+        // at info for each program. Kernels before 5.16 have no
+        // verified_insns in fdinfo; this is how their cost is read.
+        if std::env::var_os("NETSCOPE_VERIFIER_STATS").is_some_and(|v| v == "1") {
+            open.progs.netscope_from_pod.set_log_level(4);
+            open.progs.netscope_to_pod.set_log_level(4);
+        }
         let skel = open.load().map_err(LoadError::Load)?;
         let dup = |fd: BorrowedFd<'_>, map: &'static str| {
             fd.try_clone_to_owned()
