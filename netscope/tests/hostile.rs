@@ -559,8 +559,34 @@ async fn hostile_inputs_are_refused_or_absorbed_and_valid_counts_stay_exact() {
         let _ = rx.await;
     }));
 
-    // Let the valid agent run out its rounds, then stop both.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Let the valid agent run out its rounds and the big agent's reports
+    // arrive (a loaded debug build may take a while), then stop both.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let want: u64 = big_generated
+            .lock()
+            .expect("generated")
+            .values()
+            .map(|c| c.bytes)
+            .sum();
+        let got: u64 = big_flows
+            .iter()
+            .map(|k| {
+                exporter
+                    .get(&k.src.to_string(), "9.9.9.9", Direction::FromPod)
+                    .bytes
+            })
+            .sum();
+        if want > 0 && got >= want {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "row 11: the big agent's reports did not arrive ({got} of {want} bytes)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _ = stop_valid.send(());
     let _ = stop_big.send(());
     let summary = valid_task.await.expect("valid agent task");
