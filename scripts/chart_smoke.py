@@ -213,7 +213,7 @@ class Smoke:
         topo = f"{self.tmp}/topology.yaml"
         with open(topo, "w") as f:
             yaml.safe_dump({
-                "nodes": [{"name": "smoke-node", "zone": "zone-a", "ips": ["10.77.0.1"]}],
+                "nodes": [{"name": "smoke-node", "zone": "zone-a", "ips": ["10.77.0.1", "127.0.0.1"]}],  # 127.0.0.1: the agent reaches the aggregator over loopback here
                 "pods": [{"name": "smoke-pod", "namespace": "smoke", "node": "smoke-node", "ips": ["10.77.0.2"]}],
             }, f)
 

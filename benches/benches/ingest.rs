@@ -201,7 +201,11 @@ fn grpc_load() {
         serve(
             listener,
             sink,
-            ServerConfig::default(),
+            // 500 simulated nodes share 127.0.0.1: no peer-node check.
+            ServerConfig {
+                verify_peer_node: false,
+                ..ServerConfig::default()
+            },
             HttpEndpoints::default(),
             async {
                 let _ = stop_rx.await;

@@ -17,6 +17,7 @@
 //! counted, so a replayed report is acknowledged but not counted again.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -27,24 +28,6 @@ use crate::export::{Exporter, ResolvedFlow};
 use crate::flow::Direction;
 use crate::report::{InstanceId, Report};
 use crate::resolve::Resolver;
-
-/// What the aggregator did with one report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IngestOutcome {
-    /// The report had been counted before (or is too old to tell); it was
-    /// acknowledged and not counted again.
-    pub duplicate: bool,
-    /// Samples kept (the counted observation of their flow).
-    pub counted: usize,
-    /// Samples dropped because the other observation of their flow counts.
-    pub other_view: usize,
-}
-
-/// Takes validated reports. The gRPC server hands every report to one.
-pub trait IngestSink: Send + Sync {
-    /// Counts `report` (once), at time `now`.
-    fn ingest(&self, report: Report, now: SystemTime) -> IngestOutcome;
-}
 
 /// True for endpoints outside the cluster: external addresses and custom
 /// endpoints.
@@ -72,6 +55,17 @@ pub struct DedupConfig {
     /// Most agent instances remembered; past it the longest-idle one is
     /// forgotten (and counted).
     pub max_instances: usize,
+    /// Most instances remembered per node name; a new one past it makes the
+    /// node's oldest instance be forgotten (and counted). An agent restart
+    /// makes one new instance, so a handful covers restarts within
+    /// `idle_ttl`.
+    pub max_instances_per_node: usize,
+    /// How far ahead of an instance's highest counted sequence a report may
+    /// jump. A well-behaved agent moves by one (more only when reports were
+    /// refused for good); a report further ahead is refused, so a forged
+    /// huge sequence cannot make the real agent's next reports look like
+    /// replays.
+    pub max_sequence_jump: u64,
 }
 
 impl Default for DedupConfig {
@@ -79,6 +73,8 @@ impl Default for DedupConfig {
         DedupConfig {
             idle_ttl: Duration::from_secs(6 * 3600),
             max_instances: 100_000,
+            max_instances_per_node: 8,
+            max_sequence_jump: 4096,
         }
     }
 }
@@ -94,32 +90,57 @@ pub enum SeqCheck {
     /// never has more than one report in flight, so this does not happen
     /// with a well-behaved agent).
     TooOld,
+    /// Further ahead of the highest counted sequence than
+    /// [`DedupConfig::max_sequence_jump`]: refused, not remembered.
+    TooFarAhead {
+        /// The instance's highest counted sequence.
+        highest: u64,
+    },
 }
 
 /// Window of sequence numbers remembered per instance.
 const WINDOW: u64 = 64;
 
+/// End of a list in [`DedupTable`]'s slots.
+const NIL: usize = usize::MAX;
+
 #[derive(Debug)]
 struct InstanceState {
+    id: InstanceId,
     node: Arc<str>,
     /// Highest sequence counted.
     highest: u64,
     /// Bit `i` set: `highest - i` was counted.
     seen: u64,
     last_seen: SystemTime,
+    /// Neighbours in the recency list (towards the least and the most
+    /// recently seen).
+    older: usize,
+    newer: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct NodeState {
-    current: InstanceId,
+    /// The instance that spoke for the node last.
+    current: Option<InstanceId>,
+    /// The node's remembered instances, oldest first (at most
+    /// `max_instances_per_node`).
+    instances: std::collections::VecDeque<InstanceId>,
 }
 
 /// Per-instance sliding windows of counted sequence numbers: memory is
-/// bounded per instance (a few words) and in the number of instances.
+/// bounded per instance (a few words), in the number of instances and in the
+/// number of instances per node. Every operation is O(1): the instances form
+/// a recency list (least recently seen first), so eviction takes the list's
+/// head instead of scanning the table.
 #[derive(Debug, Default)]
 pub struct DedupTable {
     config: DedupConfig,
-    instances: HashMap<InstanceId, InstanceState>,
+    slots: Vec<Option<InstanceState>>,
+    free: Vec<usize>,
+    index: HashMap<InstanceId, usize>,
+    oldest: usize,
+    newest: usize,
     nodes: HashMap<Arc<str>, NodeState>,
 }
 
@@ -128,19 +149,85 @@ impl DedupTable {
     pub fn new(config: DedupConfig) -> Self {
         DedupTable {
             config,
-            instances: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            oldest: NIL,
+            newest: NIL,
             nodes: HashMap::new(),
         }
     }
 
     /// Instances remembered.
     pub fn len(&self) -> usize {
-        self.instances.len()
+        self.index.len()
     }
 
     /// True when no instance is remembered.
     pub fn is_empty(&self) -> bool {
-        self.instances.is_empty()
+        self.index.is_empty()
+    }
+
+    /// Node names remembered.
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn slot(&self, i: usize) -> Option<&InstanceState> {
+        self.slots.get(i).and_then(Option::as_ref)
+    }
+
+    fn slot_mut(&mut self, i: usize) -> Option<&mut InstanceState> {
+        self.slots.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// Takes slot `i` out of the recency list.
+    fn unlink(&mut self, i: usize) {
+        let Some((older, newer)) = self.slot(i).map(|s| (s.older, s.newer)) else {
+            return;
+        };
+        match self.slot_mut(older) {
+            Some(o) => o.newer = newer,
+            None => self.oldest = newer,
+        }
+        match self.slot_mut(newer) {
+            Some(n) => n.older = older,
+            None => self.newest = older,
+        }
+    }
+
+    /// Puts slot `i` at the most recent end of the list.
+    fn push_newest(&mut self, i: usize) {
+        let prev = self.newest;
+        if let Some(s) = self.slot_mut(i) {
+            s.older = prev;
+            s.newer = NIL;
+        }
+        match self.slot_mut(prev) {
+            Some(p) => p.newer = i,
+            None => self.oldest = i,
+        }
+        self.newest = i;
+    }
+
+    /// Forgets the instance in slot `i`.
+    fn remove_slot(&mut self, i: usize) -> Option<InstanceState> {
+        self.unlink(i);
+        let st = self.slots.get_mut(i).and_then(Option::take)?;
+        self.free.push(i);
+        self.index.remove(&st.id);
+        if let Some(ns) = self.nodes.get_mut(&st.node) {
+            if let Some(pos) = ns.instances.iter().position(|id| *id == st.id) {
+                ns.instances.remove(pos);
+            }
+            if ns.current == Some(st.id) {
+                ns.current = ns.instances.back().copied();
+            }
+            if ns.instances.is_empty() {
+                self.nodes.remove(&st.node);
+            }
+        }
+        Some(st)
     }
 
     /// Checks `(instance, seq)` and marks it counted when new. Also tracks
@@ -153,59 +240,22 @@ impl DedupTable {
         seq: u64,
         now: SystemTime,
     ) -> SeqCheck {
-        if !self.instances.contains_key(&instance) {
-            self.make_room(now);
-            let node: Arc<str> = Arc::from(node);
-            match self.nodes.get(&node) {
-                Some(prev) if prev.current != instance => info!(
-                    node = %node,
-                    previous = %prev.current,
-                    instance = %instance,
-                    "new agent instance for node (agent restarted)"
-                ),
-                _ => {}
-            }
-            self.nodes
-                .insert(node.clone(), NodeState { current: instance });
-            self.instances.insert(
-                instance,
-                InstanceState {
-                    node,
-                    highest: seq,
-                    seen: 1,
-                    last_seen: now,
-                },
-            );
-            metrics::gauge!("netscope_aggregator_agent_instances").set(self.instances.len() as f64);
-            return SeqCheck::New;
-        }
-        let Some(st) = self.instances.get_mut(&instance) else {
+        let Some(&i) = self.index.get(&instance) else {
+            self.insert(node, instance, seq, now);
             return SeqCheck::New;
         };
-        st.last_seen = now;
-        if &*st.node != node {
-            metrics::counter!("netscope_aggregator_node_identity_conflicts_total").increment(1);
-            warn!(
-                instance = %instance,
-                first = %st.node,
-                now = node,
-                "one agent instance reports under two node names; counting by instance"
-            );
-        } else if let Some(ns) = self.nodes.get_mut(node) {
-            if ns.current != instance {
-                // An older instance speaks again after a newer one appeared:
-                // two live agents claim one node.
-                metrics::counter!("netscope_aggregator_node_identity_conflicts_total").increment(1);
-                warn!(
-                    node,
-                    instance = %instance,
-                    other = %ns.current,
-                    "two live agent instances report for one node; both are counted, each once"
-                );
-                ns.current = instance;
-            }
+        let max_jump = self.config.max_sequence_jump.max(1);
+        let Some(st) = self.slot_mut(i) else {
+            return SeqCheck::New;
+        };
+        if seq > st.highest && seq - st.highest > max_jump {
+            return SeqCheck::TooFarAhead {
+                highest: st.highest,
+            };
         }
-        if seq > st.highest {
+        st.last_seen = now;
+        let first_node = st.node.clone();
+        let check = if seq > st.highest {
             let shift = seq - st.highest;
             st.seen = if shift >= WINDOW { 0 } else { st.seen << shift };
             st.seen |= 1;
@@ -221,42 +271,198 @@ impl DedupTable {
                 st.seen |= 1 << back;
                 SeqCheck::New
             }
+        };
+        self.unlink(i);
+        self.push_newest(i);
+        if &*first_node != node {
+            metrics::counter!("netscope_aggregator_node_identity_conflicts_total").increment(1);
+            warn!(
+                instance = %instance,
+                first = ?first_node,
+                now = ?node,
+                "one agent instance reports under two node names; counting by instance"
+            );
+        } else if let Some(ns) = self.nodes.get_mut(node) {
+            if ns.current != Some(instance) {
+                // An older instance speaks again after a newer one appeared:
+                // two live agents claim one node.
+                metrics::counter!("netscope_aggregator_node_identity_conflicts_total").increment(1);
+                warn!(
+                    node = ?node,
+                    instance = %instance,
+                    other = ?ns.current,
+                    "two live agent instances report for one node; both are counted, each once"
+                );
+                ns.current = Some(instance);
+            }
         }
+        check
     }
 
-    /// Forgets idle instances; if still full, the longest-idle one.
-    fn make_room(&mut self, now: SystemTime) {
-        if self.instances.len() < self.config.max_instances.max(1) {
-            return;
+    fn insert(&mut self, node: &str, instance: InstanceId, seq: u64, now: SystemTime) {
+        self.make_room(now);
+        let node: Arc<str> = match self.nodes.get_key_value(node) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(node),
+        };
+        let per_node = self.config.max_instances_per_node.max(1);
+        let ns = self.nodes.entry(node.clone()).or_default();
+        if let Some(prev) = ns.current {
+            info!(
+                node = ?node,
+                previous = %prev,
+                instance = %instance,
+                "new agent instance for node (agent restarted)"
+            );
         }
+        ns.current = Some(instance);
+        ns.instances.push_back(instance);
+        let evict = (ns.instances.len() > per_node)
+            .then(|| ns.instances.front().copied())
+            .flatten();
+        let st = InstanceState {
+            id: instance,
+            node,
+            highest: seq,
+            seen: 1,
+            last_seen: now,
+            older: NIL,
+            newer: NIL,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(st);
+                i
+            }
+            None => {
+                self.slots.push(Some(st));
+                self.slots.len() - 1
+            }
+        };
+        self.index.insert(instance, i);
+        self.push_newest(i);
+        if let Some(old) = evict {
+            if let Some(&j) = self.index.get(&old) {
+                if let Some(st) = self.remove_slot(j) {
+                    metrics::counter!("netscope_aggregator_instances_evicted_early_total", "reason" => "per_node")
+                        .increment(1);
+                    warn!(
+                        node = ?st.node,
+                        instance = %st.id,
+                        max = per_node,
+                        "too many agent instances for one node: forgot its oldest"
+                    );
+                }
+            }
+        }
+        metrics::gauge!("netscope_aggregator_agent_instances").set(self.index.len() as f64);
+    }
+
+    /// Forgets idle instances from the least recent end; if the table is
+    /// still full, the least recently seen one. Amortised O(1).
+    fn make_room(&mut self, now: SystemTime) {
         let ttl = self.config.idle_ttl;
-        let before = self.instances.len();
-        self.instances.retain(|_, st| {
-            now.duration_since(st.last_seen)
-                .map_or(true, |idle| idle < ttl)
-        });
-        let mut evicted = before - self.instances.len();
-        if self.instances.len() >= self.config.max_instances.max(1) {
-            if let Some(oldest) = self
-                .instances
-                .iter()
-                .min_by_key(|(_, st)| st.last_seen)
-                .map(|(id, _)| *id)
-            {
-                self.instances.remove(&oldest);
+        let mut evicted = 0usize;
+        while let Some(st) = self.slot(self.oldest) {
+            let idle = now
+                .duration_since(st.last_seen)
+                .is_ok_and(|idle| idle >= ttl);
+            if !idle {
+                break;
+            }
+            self.remove_slot(self.oldest);
+            evicted += 1;
+        }
+        if self.index.len() >= self.config.max_instances.max(1) {
+            if let Some(st) = self.remove_slot(self.oldest) {
                 evicted += 1;
-                metrics::counter!("netscope_aggregator_instances_evicted_early_total").increment(1);
+                metrics::counter!("netscope_aggregator_instances_evicted_early_total", "reason" => "table_full")
+                    .increment(1);
                 warn!(
-                    instance = %oldest,
+                    instance = %st.id,
                     max = self.config.max_instances,
                     "replay table full: forgot the longest-idle agent instance early"
                 );
             }
         }
-        let live: std::collections::HashSet<InstanceId> = self.instances.keys().copied().collect();
-        self.nodes.retain(|_, ns| live.contains(&ns.current));
-        debug!(evicted, "replay table pruned");
+        if evicted > 0 {
+            debug!(evicted, "replay table pruned");
+        }
     }
+}
+
+/// Why the aggregator refused a report after validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestRefusal {
+    /// The sequence jumps too far ahead of the instance's highest counted
+    /// one.
+    #[error("sequence {seq} jumps more than {max_jump} ahead of the highest counted sequence {highest} of instance {instance}")]
+    SequenceJump {
+        /// The instance.
+        instance: InstanceId,
+        /// The report's sequence.
+        seq: u64,
+        /// The highest counted one.
+        highest: u64,
+        /// The largest jump allowed.
+        max_jump: u64,
+    },
+}
+
+/// A report for a node that did not come from one of the node's addresses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a report for node {node:?} must come from one of its addresses; {peer} is {peer_is}")]
+pub struct NotTheNode {
+    /// The node the report is for.
+    pub node: String,
+    /// The caller's address.
+    pub peer: IpAddr,
+    /// What the caller's address resolves to.
+    pub peer_is: String,
+}
+
+/// What the aggregator did with one report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// The report had been counted before (or is too old to tell); it was
+    /// acknowledged and not counted again.
+    pub duplicate: bool,
+    /// Samples kept (the counted observation of their flow).
+    pub counted: usize,
+    /// Samples dropped because the other observation of their flow counts.
+    pub other_view: usize,
+    /// Samples dropped because the reporting node is not the observed
+    /// pod's node (counted as `wrong_node` in
+    /// `netscope_aggregator_dropped_samples_total`).
+    pub wrong_node: usize,
+    /// Set when the report was refused and not counted.
+    pub refused: Option<IngestRefusal>,
+}
+
+/// Takes validated reports. The gRPC server hands every report to one.
+pub trait IngestSink: Send + Sync {
+    /// Counts `report` (once), at time `now`.
+    fn ingest(&self, report: Report, now: SystemTime) -> IngestOutcome;
+
+    /// Whether a caller at `peer` may report for `node`, at time `now`.
+    /// The default allows everyone.
+    ///
+    /// # Errors
+    /// [`NotTheNode`] when it may not.
+    fn authorize(&self, node: &str, peer: IpAddr, now: SystemTime) -> Result<(), NotTheNode> {
+        let _ = (node, peer, now);
+        Ok(())
+    }
+}
+
+/// Counts of one report's samples by what became of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResolveCounts {
+    /// Dropped: the other observation of the flow counts.
+    pub other_view: usize,
+    /// Dropped: the reporting node is not the observed pod's node.
+    pub wrong_node: usize,
 }
 
 /// The aggregator's core: replay check, dedup of the two observations,
@@ -265,6 +471,7 @@ pub struct Aggregator {
     resolver: Arc<dyn Resolver>,
     exporters: Vec<Arc<dyn Exporter>>,
     dedup: Mutex<DedupTable>,
+    max_sequence_jump: u64,
 }
 
 impl std::fmt::Debug for Aggregator {
@@ -274,6 +481,10 @@ impl std::fmt::Debug for Aggregator {
             .finish_non_exhaustive()
     }
 }
+
+/// Label value of `node` for node names the resolver does not know as
+/// monitored: they fold into one series.
+pub const OTHER_NODE: &str = "other";
 
 impl Aggregator {
     /// An aggregator resolving through `resolver` and exporting to
@@ -286,17 +497,29 @@ impl Aggregator {
         Aggregator {
             resolver,
             exporters,
+            max_sequence_jump: dedup.max_sequence_jump,
             dedup: Mutex::new(DedupTable::new(dedup)),
         }
     }
 
     /// Applies the counting rule to `report`'s samples and returns the kept
-    /// flows, without the replay check and without exporting. The pure core
-    /// of [`Aggregator::ingest`], public for benchmarks and embedders.
+    /// flows, without the replay check and without exporting. Returns the
+    /// samples dropped for any reason (see [`Aggregator::resolve_counts`]).
     pub fn resolve_report(&self, report: &Report, out: &mut Vec<ResolvedFlow>) -> usize {
+        let c = self.resolve_counts(report, out);
+        c.other_view + c.wrong_node
+    }
+
+    /// The pure core of [`Aggregator::ingest`], public for benchmarks and
+    /// embedders: applies the counting rule, and drops observations that
+    /// the reporting node cannot have made (a `ToPod` sample whose
+    /// destination, or a `FromPod` sample whose source, is a pod on another
+    /// node, as of the window's end).
+    pub fn resolve_counts(&self, report: &Report, out: &mut Vec<ResolvedFlow>) -> ResolveCounts {
         let resolver = &*self.resolver;
         let at = report.window_end;
-        let mut other_view = 0;
+        let node = report.node.as_str();
+        let mut counts = ResolveCounts::default();
         for s in &report.samples {
             let dst = resolver.resolve(s.key.dst, at);
             let dst_is_pod = dst.kind == EndpointKind::Pod;
@@ -306,12 +529,23 @@ impl Aggregator {
                 Direction::FromPod => dst_is_pod && resolver.is_monitored_node(&dst.node),
             };
             if other {
-                other_view += 1;
+                counts.other_view += 1;
+                continue;
+            }
+            if s.key.direction == Direction::ToPod && &*dst.node != node {
+                counts.wrong_node += 1;
                 continue;
             }
             let src = resolver.resolve(s.key.src, at);
+            if s.key.direction == Direction::FromPod
+                && src.kind == EndpointKind::Pod
+                && &*src.node != node
+            {
+                counts.wrong_node += 1;
+                continue;
+            }
             if counted_direction(&src, &dst, resolver) != s.key.direction {
-                other_view += 1;
+                counts.other_view += 1;
                 continue;
             }
             out.push(ResolvedFlow {
@@ -324,7 +558,7 @@ impl Aggregator {
                 counters: s.counters,
             });
         }
-        other_view
+        counts
     }
 
     /// The replay check alone.
@@ -338,12 +572,41 @@ impl Aggregator {
             }
         }
     }
+
+    /// The `node` label value for `node`: itself when the resolver knows it
+    /// as monitored, [`OTHER_NODE`] otherwise (so made-up names cannot
+    /// create series).
+    pub fn node_label(&self, node: &str) -> String {
+        if self.resolver.is_monitored_node(node) {
+            node.to_owned()
+        } else {
+            OTHER_NODE.to_owned()
+        }
+    }
 }
 
 impl IngestSink for Aggregator {
+    fn authorize(&self, node: &str, peer: IpAddr, now: SystemTime) -> Result<(), NotTheNode> {
+        let peer = peer.to_canonical();
+        let ep = self.resolver.resolve(peer, now);
+        if ep.kind == EndpointKind::Node && &*ep.name == node {
+            return Ok(());
+        }
+        let peer_is = match ep.kind {
+            EndpointKind::External => String::from("not a known node address"),
+            EndpointKind::Node => format!("node {:?}", &*ep.name),
+            kind => format!("{kind:?} {:?}", &*ep.name),
+        };
+        Err(NotTheNode {
+            node: node.to_owned(),
+            peer,
+            peer_is,
+        })
+    }
+
     fn ingest(&self, report: Report, now: SystemTime) -> IngestOutcome {
         debug!(
-            node = %report.node,
+            node = ?report.node,
             instance = %report.instance,
             seq = report.seq,
             samples = report.samples.len(),
@@ -351,6 +614,19 @@ impl IngestSink for Aggregator {
         );
         match self.check_replay(&report, now) {
             SeqCheck::New => {}
+            SeqCheck::TooFarAhead { highest } => {
+                metrics::counter!("netscope_aggregator_reports_total", "result" => "seq_jump")
+                    .increment(1);
+                return IngestOutcome {
+                    refused: Some(IngestRefusal::SequenceJump {
+                        instance: report.instance,
+                        seq: report.seq,
+                        highest,
+                        max_jump: self.max_sequence_jump,
+                    }),
+                    ..IngestOutcome::default()
+                };
+            }
             check => {
                 let reason = if check == SeqCheck::Replay {
                     "replay"
@@ -360,7 +636,7 @@ impl IngestSink for Aggregator {
                 metrics::counter!("netscope_aggregator_reports_total", "result" => reason)
                     .increment(1);
                 debug!(
-                    node = %report.node,
+                    node = ?report.node,
                     instance = %report.instance,
                     seq = report.seq,
                     reason,
@@ -373,7 +649,7 @@ impl IngestSink for Aggregator {
             }
         }
         let mut flows = Vec::with_capacity(report.samples.len() / 2 + 1);
-        let other_view = self.resolve_report(&report, &mut flows);
+        let counts = self.resolve_counts(&report, &mut flows);
         for e in &self.exporters {
             e.export(&flows);
         }
@@ -381,22 +657,41 @@ impl IngestSink for Aggregator {
         metrics::counter!("netscope_aggregator_samples_total", "result" => "counted")
             .increment(flows.len() as u64);
         metrics::counter!("netscope_aggregator_samples_total", "result" => "other_view")
-            .increment(other_view as u64);
+            .increment(counts.other_view as u64);
+        if counts.wrong_node > 0 {
+            metrics::counter!("netscope_aggregator_dropped_samples_total", "reason" => "wrong_node")
+                .increment(counts.wrong_node as u64);
+            warn!(
+                node = ?report.node,
+                instance = %report.instance,
+                seq = report.seq,
+                samples = counts.wrong_node,
+                "dropped observations of pods on other nodes: a node may only report its own pods"
+            );
+        }
+        let monitored = self.resolver.is_monitored_node(&report.node);
         if !report.overflow.is_zero() {
-            metrics::counter!("netscope_aggregator_overflow_bytes_total", "node" => report.node.clone())
+            let node = if monitored {
+                report.node.clone()
+            } else {
+                String::from(OTHER_NODE)
+            };
+            metrics::counter!("netscope_aggregator_overflow_bytes_total", "node" => node.clone())
                 .increment(report.overflow.bytes);
-            metrics::counter!("netscope_aggregator_overflow_packets_total", "node" => report.node.clone())
+            metrics::counter!("netscope_aggregator_overflow_packets_total", "node" => node)
                 .increment(report.overflow.packets);
         }
-        if !self.resolver.is_monitored_node(&report.node) {
+        if !monitored {
             metrics::counter!("netscope_aggregator_reports_from_unmonitored_nodes_total")
                 .increment(1);
-            debug!(node = %report.node, "report from a node not known as monitored");
+            debug!(node = ?report.node, "report from a node not known as monitored");
         }
         IngestOutcome {
             duplicate: false,
             counted: flows.len(),
-            other_view,
+            other_view: counts.other_view,
+            wrong_node: counts.wrong_node,
+            refused: None,
         }
     }
 }
@@ -436,10 +731,96 @@ mod tests {
         let mut d = DedupTable::new(DedupConfig {
             idle_ttl: Duration::from_secs(10),
             max_instances: 3,
+            ..DedupConfig::default()
         });
         for i in 0..10u8 {
             d.check_and_mark("n", InstanceId([i; 16]), 1, t(u64::from(i)));
             assert!(d.len() <= 3, "table grew to {}", d.len());
         }
+    }
+
+    #[test]
+    fn sequence_may_not_jump_arbitrarily_ahead() {
+        let mut d = DedupTable::new(DedupConfig {
+            max_sequence_jump: 10,
+            ..DedupConfig::default()
+        });
+        let a = InstanceId([1; 16]);
+        assert_eq!(d.check_and_mark("n", a, 1, t(0)), SeqCheck::New);
+        assert_eq!(
+            d.check_and_mark("n", a, 1 << 63, t(1)),
+            SeqCheck::TooFarAhead { highest: 1 }
+        );
+        // The real agent's next reports still count.
+        assert_eq!(d.check_and_mark("n", a, 2, t(2)), SeqCheck::New);
+        assert_eq!(d.check_and_mark("n", a, 12, t(3)), SeqCheck::New);
+        assert_eq!(
+            d.check_and_mark("n", a, 23, t(4)),
+            SeqCheck::TooFarAhead { highest: 12 }
+        );
+    }
+
+    #[test]
+    fn eviction_takes_the_least_recently_seen() {
+        let mut d = DedupTable::new(DedupConfig {
+            idle_ttl: Duration::from_secs(1000),
+            max_instances: 3,
+            ..DedupConfig::default()
+        });
+        let id = |i: u8| InstanceId([i; 16]);
+        d.check_and_mark("n1", id(1), 1, t(1));
+        d.check_and_mark("n2", id(2), 1, t(2));
+        d.check_and_mark("n3", id(3), 1, t(3));
+        // 1 speaks again: 2 is now the least recently seen.
+        assert_eq!(d.check_and_mark("n1", id(1), 2, t(4)), SeqCheck::New);
+        d.check_and_mark("n4", id(4), 1, t(5));
+        assert_eq!(d.len(), 3);
+        assert_eq!(d.check_and_mark("n1", id(1), 2, t(6)), SeqCheck::Replay);
+        assert_eq!(d.check_and_mark("n3", id(3), 1, t(6)), SeqCheck::Replay);
+        // 2 was forgotten: its replay looks new (the price of the bound).
+        assert_eq!(d.check_and_mark("n2", id(2), 1, t(7)), SeqCheck::New);
+        assert_eq!(d.nodes(), 3, "forgotten instances take their node along");
+        // Idle instances go first, all of them.
+        d.check_and_mark("n5", id(5), 1, t(2000));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d.nodes(), 1);
+    }
+
+    #[test]
+    fn instances_per_node_are_bounded() {
+        let mut d = DedupTable::new(DedupConfig {
+            max_instances_per_node: 2,
+            ..DedupConfig::default()
+        });
+        let real = InstanceId([200; 16]);
+        assert_eq!(d.check_and_mark("n", real, 1, t(0)), SeqCheck::New);
+        for i in 0..100u8 {
+            d.check_and_mark("n", InstanceId([i; 16]), 1, t(1));
+            assert!(d.len() <= 2, "{} instances for one node", d.len());
+        }
+        assert_eq!(d.nodes(), 1);
+    }
+
+    #[test]
+    fn a_large_table_stays_fast_to_update() {
+        // 200k instances through a table of 100k: every insert past the
+        // bound evicts one, without scanning (this would take minutes at
+        // O(n) per insert in a debug build).
+        let mut d = DedupTable::new(DedupConfig::default());
+        for i in 0..200_000u32 {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            d.check_and_mark("n", InstanceId(b), 1, t(u64::from(i)));
+        }
+        assert_eq!(d.len(), 8, "per-node bound");
+        let mut d = DedupTable::new(DedupConfig::default());
+        for i in 0..200_000u32 {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            let node = format!("n{i}");
+            d.check_and_mark(&node, InstanceId(b), 1, t(0));
+        }
+        assert_eq!(d.len(), 100_000);
+        assert_eq!(d.nodes(), 100_000);
     }
 }

@@ -38,6 +38,14 @@ pub use driver::{
     Ack, ReportSink, Reporter, ReporterConfig, ReporterSummary, SampleTransform, SendError,
 };
 
+/// Default bound of the agent's pending set, in flows (`--max-buffered-flows`).
+pub const DEFAULT_MAX_BUFFERED_FLOWS: usize = 200_000;
+
+/// Default most samples in one report, the agent's and the aggregator's
+/// (`--max-report-samples`, `--max-samples`). The agent splits its buffer
+/// into reports of at most this many samples.
+pub const DEFAULT_MAX_REPORT_SAMPLES: usize = 50_000;
+
 /// Identity of one run of an agent: 16 random bytes, fresh at every start.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InstanceId(pub [u8; 16]);
@@ -143,6 +151,7 @@ pub struct ReportBuffer {
     instance: InstanceId,
     next_seq: u64,
     max_flows: usize,
+    max_report_samples: usize,
     pending: HashMap<FlowKey, Counters>,
     pending_overflow: Counters,
     pending_folded: u64,
@@ -159,12 +168,21 @@ impl ReportBuffer {
             instance,
             next_seq: 1,
             max_flows: max_flows.max(1),
+            max_report_samples: DEFAULT_MAX_REPORT_SAMPLES,
             pending: HashMap::new(),
             pending_overflow: Counters::default(),
             pending_folded: 0,
             pending_window: None,
             in_flight: None,
         }
+    }
+
+    /// Bounds each report to `max` samples (at least 1): a larger pending
+    /// set goes out as several reports, one after the other, each covering
+    /// the pending window.
+    pub fn with_max_report_samples(mut self, max: usize) -> Self {
+        self.max_report_samples = max.max(1);
+        self
     }
 
     /// The agent run this buffer belongs to.
@@ -207,22 +225,42 @@ impl ReportBuffer {
     }
 
     /// The report to send now: the frozen in-flight report if there is one,
-    /// else the pending set frozen into a new report with the next sequence
-    /// number. `None` when there is nothing to send.
+    /// else up to `max_report_samples` flows of the pending set frozen into
+    /// a new report with the next sequence number (the first report of a
+    /// split carries the overflow; the rest stays pending, with its
+    /// window). `None` when there is nothing to send.
     pub fn next_report(&mut self) -> Option<&Report> {
         if self.in_flight.is_none() {
             if self.pending.is_empty() && self.pending_overflow.is_zero() {
                 return None;
             }
-            let (window_start, window_end) = self
-                .pending_window
-                .take()
-                .unwrap_or((SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH));
-            let samples = self
-                .pending
-                .drain()
-                .map(|(key, counters)| FlowSample { key, counters })
-                .collect();
+            let samples: Vec<FlowSample> = if self.pending.len() <= self.max_report_samples {
+                self.pending
+                    .drain()
+                    .map(|(key, counters)| FlowSample { key, counters })
+                    .collect()
+            } else {
+                let keys: Vec<FlowKey> = self
+                    .pending
+                    .keys()
+                    .take(self.max_report_samples)
+                    .copied()
+                    .collect();
+                keys.into_iter()
+                    .filter_map(|key| {
+                        self.pending
+                            .remove(&key)
+                            .map(|counters| FlowSample { key, counters })
+                    })
+                    .collect()
+            };
+            let window = if self.pending.is_empty() {
+                self.pending_window.take()
+            } else {
+                self.pending_window
+            };
+            let (window_start, window_end) =
+                window.unwrap_or((SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH));
             let report = Report {
                 node: self.node.clone(),
                 instance: self.instance,
@@ -387,5 +425,38 @@ mod tests {
     fn instance_ids_differ() {
         assert_ne!(InstanceId::random(), InstanceId::random());
         assert_eq!(InstanceId([0xab; 16]).to_string().len(), 32);
+    }
+
+    #[test]
+    fn a_large_buffer_goes_out_in_reports_within_the_limit() {
+        let mut b = ReportBuffer::new("n1", InstanceId([4; 16]), 1000).with_max_report_samples(3);
+        let samples = (1..=8)
+            .map(|i| sample("10.0.0.1", &format!("10.0.1.{i}"), 100 * i))
+            .collect();
+        b.add(
+            Drain {
+                samples,
+                overflow: Counters::new(50, 1),
+                capacity: 16,
+            },
+            t(0),
+            t(10),
+        );
+        let mut total = Counters::default();
+        let mut sizes = Vec::new();
+        let mut seq = 0;
+        while let Some(r) = b.next_report() {
+            let r = r.clone();
+            assert!(r.samples.len() <= 3, "report of {}", r.samples.len());
+            assert_eq!((r.window_start, r.window_end), (t(0), t(10)));
+            assert_eq!(r.seq, seq + 1, "consecutive sequences");
+            seq = r.seq;
+            sizes.push(r.samples.len());
+            total += r.total();
+            assert!(b.acknowledge(r.seq));
+        }
+        assert_eq!(sizes, vec![3, 3, 2]);
+        assert_eq!(total, Counters::new(3650, 9), "every byte, once");
+        assert!(!b.has_unacknowledged());
     }
 }

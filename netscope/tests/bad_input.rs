@@ -1,5 +1,7 @@
 //! Bad reports through a raw gRPC client: each is rejected with the promised
 //! code, counted and logged, and the server keeps serving good reports.
+//! (Bad samples in an otherwise good report are dropped, not rejected:
+//! tests/hostile.rs.)
 #![cfg(feature = "grpc")]
 
 mod common;
@@ -140,42 +142,9 @@ async fn bad_reports_are_rejected_and_the_server_keeps_serving() {
     type Mutate = fn(&mut pb::FlowReport);
     let invalid: Vec<(&str, Mutate, &str)> = vec![
         (
-            "src address of 5 bytes",
-            |r| r.samples[0].src = vec![1, 2, 3, 4, 5],
-            "src address is 5 bytes",
-        ),
-        (
-            "IPv6 family with 4-byte dst",
-            |r| r.samples[0].family = 6,
-            "expected 16 for IPv6",
-        ),
-        (
-            "unknown family",
-            |r| r.samples[0].family = 42,
-            "unknown address family 42",
-        ),
-        (
-            "unknown direction",
-            |r| r.samples[0].direction = 7,
-            "unknown direction 7",
-        ),
-        (
             "window ends before start",
             |r| r.window_end_unix_nanos = r.window_start_unix_nanos - 1_000,
             "before it starts",
-        ),
-        (
-            "bytes without packets",
-            |r| r.samples[0].packets = 0,
-            "bytes without packets",
-        ),
-        (
-            "70 kB in one packet",
-            |r| {
-                r.samples[0].bytes = 70_000;
-                r.samples[0].packets = 1
-            },
-            "more bytes per packet",
         ),
         ("empty node", |r| r.node_name.clear(), "node_name is empty"),
         (

@@ -174,8 +174,13 @@ fn unknown_and_duplicate_node_identities() {
         key: FlowKey::new(ip("10.0.1.1"), ip(dst), Direction::FromPod),
         counters: Counters::new(b, 1),
     };
-    // A node nobody knows: its observations follow the same rule.
-    let o = agg.ingest(report("ghost-node", 1, 1, vec![s("8.8.8.8", 100)]), now);
+    // A node nobody knows: its observations follow the same rule (of a
+    // source that is no other node's pod: that would be dropped).
+    let ghost = FlowSample {
+        key: FlowKey::new(ip("10.9.9.9"), ip("8.8.8.8"), Direction::FromPod),
+        counters: Counters::new(100, 1),
+    };
+    let o = agg.ingest(report("ghost-node", 1, 1, vec![ghost]), now);
     assert_eq!((o.duplicate, o.counted), (false, 1));
     // Two live instances claim node-a: each instance's reports count once.
     let o = agg.ingest(report("node-a", 2, 1, vec![s("1.1.1.1", 200)]), now);
@@ -195,7 +200,7 @@ fn unknown_and_duplicate_node_identities() {
         assert!(o.duplicate, "replay of instance {inst} counted");
     }
     assert_eq!(
-        exporter.get("10.0.1.1", "8.8.8.8", Direction::FromPod),
+        exporter.get("10.9.9.9", "8.8.8.8", Direction::FromPod),
         Counters::new(100, 1)
     );
     assert_eq!(

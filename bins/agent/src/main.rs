@@ -66,8 +66,14 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     service_cidrs: Vec<IpNet>,
     /// Flows kept while the aggregator is unreachable; beyond it they fold into an overflow record.
-    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = netscope::report::DEFAULT_MAX_BUFFERED_FLOWS as u64, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     max_buffered_flows: u64,
+    /// Most samples in one report: a larger buffer goes out as several reports. Keep it at or below the aggregator's --max-samples.
+    #[arg(long, default_value_t = netscope::report::DEFAULT_MAX_REPORT_SAMPLES as u64, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_report_samples: u64,
+    /// Largest report sent, in bytes; reports are split to fit. Keep it at or below the aggregator's --max-message-bytes.
+    #[arg(long, default_value_t = netscope::transport::server::DEFAULT_MAX_MESSAGE_BYTES as u64, value_parser = clap::value_parser!(u64).range(netscope::transport::server::MIN_MESSAGE_BYTES as u64..=netscope::transport::server::MAX_MESSAGE_BYTES as u64))]
+    max_message_bytes: u64,
     /// CA bundle (PEM) to verify the aggregator; turns on TLS.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
@@ -185,10 +191,15 @@ fn main() -> Result<()> {
 
         let mut client = ClientConfig::new(args.server_endpoint.clone());
         client.tls = tls;
+        client.max_message_bytes = usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX);
         let sink = GrpcSink::new(&client).with_context(|| format!("--server-endpoint {}", args.server_endpoint))?;
         let mut rc = ReporterConfig::new(args.node_name.clone());
         rc.interval = args.collection_interval;
         rc.max_buffered_flows = usize::try_from(args.max_buffered_flows).unwrap_or(usize::MAX);
+        rc.max_report_samples = netscope::transport::convert::samples_per_report(
+            usize::try_from(args.max_report_samples).unwrap_or(usize::MAX),
+            client.max_message_bytes,
+        );
         let mut reporter = Reporter::new(rc, Box::new(BpfCollector::new(capture.clone())), Box::new(sink));
         if !args.service_cidrs.is_empty() {
             reporter = reporter.with_transform(Box::new(ServiceNat::new(NetlinkConntrack::new())));

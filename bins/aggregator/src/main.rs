@@ -53,8 +53,17 @@ struct Args {
     #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// Largest report accepted, in bytes.
-    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
-    max_message_bytes: usize,
+    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_BYTES as u64, value_parser = clap::value_parser!(u64).range(netscope::transport::server::MIN_MESSAGE_BYTES as u64..=netscope::transport::server::MAX_MESSAGE_BYTES as u64))]
+    max_message_bytes: u64,
+    /// Most samples in one report; checked on the wire before decoding.
+    #[arg(long, default_value_t = netscope::report::DEFAULT_MAX_REPORT_SAMPLES as u64, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_samples: u64,
+    /// Most reports read, decoded and counted at once (more wait).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_reports_in_flight: u64,
+    /// Accept reports for a node from any address. By default a report for node X must come from an address of node X; turn this on only where agents reach the aggregator through NAT.
+    #[arg(long)]
+    allow_any_peer_node: bool,
     /// Forget an agent instance after this long without a report (seconds);
     /// keep it above the longest time an agent retries one report.
     #[arg(long, default_value_t = 6 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
@@ -205,7 +214,13 @@ async fn main() -> Result<()> {
         },
     ));
     let config = ServerConfig {
-        max_message_bytes: args.max_message_bytes,
+        max_message_bytes: usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX),
+        limits: netscope::transport::ValidationLimits {
+            max_samples: usize::try_from(args.max_samples).unwrap_or(usize::MAX),
+            ..netscope::transport::ValidationLimits::default()
+        },
+        max_reports_in_flight: usize::try_from(args.max_reports_in_flight).unwrap_or(usize::MAX),
+        verify_peer_node: !args.allow_any_peer_node,
         tls,
         reflection: !args.no_reflection,
         ..ServerConfig::default()

@@ -39,7 +39,7 @@ fn help_lists_every_flag_with_defaults() {
     }
     for default in [
         "[default: :8080]",
-        "[default: 16777216]",
+        "[default: 4194304]",
         "[default: 21600]",
         "[default: 10s]",
         "[default: 0]",
@@ -167,7 +167,7 @@ fn serves_grpc_and_http_on_one_port() {
     let topo = dir.join("topology.yaml");
     std::fs::write(
         &topo,
-        "nodes:\n  - {name: node-a, zone: zone-1, ips: [192.168.0.1]}\npods:\n  - {name: a1, namespace: default, node: node-a, ips: [10.0.1.1]}\n",
+        "nodes:\n  - {name: node-a, zone: zone-1, ips: [192.168.0.1, 127.0.0.1]}\npods:\n  - {name: a1, namespace: default, node: node-a, ips: [10.0.1.1]}\n",
     )
     .expect("write topology");
     let addr = free_port();

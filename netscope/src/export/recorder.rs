@@ -172,6 +172,7 @@ impl RecorderBuilder {
                 base: OnceLock::new(),
                 registry: RwLock::new(Registry::default()),
                 last_len: AtomicUsize::new(0),
+                saturations: Arc::new(AtomicU64::new(0)),
             }),
         })
     }
@@ -233,6 +234,14 @@ impl RecorderHandle {
         let start = out.len();
         out.reserve(self.inner.last_len.load(Ordering::Relaxed));
         self.inner.pass(now, Some(out));
+        let saturations = self.inner.saturations.load(Ordering::Relaxed);
+        if saturations > 0 {
+            use std::fmt::Write as _;
+            let _ = write!(
+                out,
+                "# HELP {SATURATIONS_METRIC} Counter increments that would have passed 2^64-1 and stopped there.\n# TYPE {SATURATIONS_METRIC} counter\n{SATURATIONS_METRIC} {saturations}\n"
+            );
+        }
         self.inner
             .last_len
             .store(out.len() - start, Ordering::Relaxed);
@@ -379,6 +388,9 @@ struct Inner {
     registry: RwLock<Registry>,
     /// Length of the last render, to reserve the next one's buffer.
     last_len: AtomicUsize,
+    /// Counter increments that would have passed `u64::MAX` and stopped
+    /// there: rendered as [`SATURATIONS_METRIC`] once non-zero.
+    saturations: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -397,11 +409,37 @@ struct CounterEntry {
     touched: AtomicBool,
     last_seen: AtomicU64,
     prefix: Box<str>,
+    /// The recorder's count of saturated increments.
+    saturations: Arc<AtomicU64>,
 }
+
+/// Name of the self-metric counting saturated increments.
+pub const SATURATIONS_METRIC: &str = "netscope_counter_saturations_total";
 
 impl CounterFn for CounterEntry {
     fn increment(&self, value: u64) {
-        self.value.fetch_add(value, Ordering::Relaxed);
+        // Counters never wrap: an increment that would pass u64::MAX stops
+        // there and is counted. The compare-exchange costs about what
+        // fetch_add does when uncontended.
+        let mut cur = self.value.load(Ordering::Relaxed);
+        loop {
+            let (next, saturated) = match cur.checked_add(value) {
+                Some(n) => (n, false),
+                None => (u64::MAX, true),
+            };
+            match self
+                .value
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    if saturated {
+                        self.saturations.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
         self.touched.store(true, Ordering::Relaxed);
     }
 
@@ -841,6 +879,7 @@ impl metrics::Recorder for Recorder {
                     touched: AtomicBool::new(true),
                     last_seen: AtomicU64::new(0),
                     prefix: series_prefix(name, "", key, None),
+                    saturations: self.inner.saturations.clone(),
                 },
             )
             .map_or_else(Counter::noop, Counter::from_arc)
@@ -1279,5 +1318,32 @@ mod tests {
         );
         assert_eq!(text.matches("netscope_test_bytes_total{").count(), 20);
         assert!(text.contains("netscope_test_latency_seconds_count{op=\"send\"} 4\n"));
+    }
+
+    #[test]
+    fn counters_saturate_instead_of_wrapping() {
+        let rec = recorder();
+        let handle = rec.handle();
+        metrics::with_local_recorder(&rec, || {
+            let c = metrics::counter!("huge_total");
+            c.increment(u64::MAX - 5);
+            c.increment(10);
+            c.increment(1);
+        });
+        let out = render(&handle, Instant::now());
+        assert!(
+            out.contains(&format!("huge_total {}\n", u64::MAX)),
+            "not saturated: {out}"
+        );
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(SATURATIONS_METRIC))
+            .unwrap_or_else(|| panic!("no saturation count in {out}"));
+        let n: u64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        assert_eq!(n, 2, "two saturated increments");
     }
 }

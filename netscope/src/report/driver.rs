@@ -7,7 +7,10 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::{random_u64, InstanceId, Report, ReportBuffer};
+use super::{
+    random_u64, InstanceId, Report, ReportBuffer, DEFAULT_MAX_BUFFERED_FLOWS,
+    DEFAULT_MAX_REPORT_SAMPLES,
+};
 use crate::collect::Collector;
 use crate::flow::{Counters, FlowSample};
 
@@ -91,8 +94,12 @@ pub struct ReporterConfig {
     pub node_name: String,
     /// How often to drain the collector.
     pub interval: Duration,
-    /// Bound of the pending set (and so of each report), in flows.
+    /// Bound of the pending set, in flows.
     pub max_buffered_flows: usize,
+    /// Most samples in one report; a larger pending set goes out as several
+    /// reports. Keep it within what the aggregator accepts
+    /// ([`crate::transport::convert::samples_per_report`]).
+    pub max_report_samples: usize,
     /// First retry delay after a failed send.
     pub backoff_initial: Duration,
     /// Largest retry delay.
@@ -102,13 +109,16 @@ pub struct ReporterConfig {
 }
 
 impl ReporterConfig {
-    /// Defaults for `node_name`: a 10 s interval, 50 000 buffered flows,
-    /// backoff from 200 ms to 10 s, a 5 s flush at shutdown.
+    /// Defaults for `node_name`: a 10 s interval, 200 000 buffered flows
+    /// ([`DEFAULT_MAX_BUFFERED_FLOWS`]), reports of at most 50 000 samples
+    /// ([`DEFAULT_MAX_REPORT_SAMPLES`]), backoff from 200 ms to 10 s, a 5 s
+    /// flush at shutdown.
     pub fn new(node_name: impl Into<String>) -> Self {
         ReporterConfig {
             node_name: node_name.into(),
             interval: Duration::from_secs(10),
-            max_buffered_flows: 50_000,
+            max_buffered_flows: DEFAULT_MAX_BUFFERED_FLOWS,
+            max_report_samples: DEFAULT_MAX_REPORT_SAMPLES,
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             shutdown_flush_timeout: Duration::from_secs(5),
@@ -154,7 +164,8 @@ impl Reporter {
             config.node_name.clone(),
             InstanceId::random(),
             config.max_buffered_flows,
-        );
+        )
+        .with_max_report_samples(config.max_report_samples);
         info!(
             node = %config.node_name,
             instance = %buffer.instance(),

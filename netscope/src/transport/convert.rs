@@ -9,16 +9,45 @@ use super::pb;
 use crate::flow::{Counters, Direction, FlowKey, FlowSample, L4};
 use crate::report::{InstanceId, Report};
 
+/// Default most samples in one report. The agent splits its buffer into
+/// reports of at most this many samples.
+pub const DEFAULT_MAX_SAMPLES: usize = crate::report::DEFAULT_MAX_REPORT_SAMPLES;
+
+/// The most bytes one sample can take on the wire: an IPv6 sample with L4
+/// ports and 64-bit counters at their widest (75 bytes), plus its field tag
+/// and length prefix. The agent sizes its reports with it.
+pub const MAX_ENCODED_SAMPLE_BYTES: usize = 77;
+
+/// Room for everything in a report but its samples (node name up to 253
+/// bytes, instance id, sequence, window, overflow, folded flows).
+pub const REPORT_HEADER_BYTES: usize = 512;
+
+/// Most samples one report may carry so that it is accepted by an
+/// aggregator with `max_samples` and `max_message_bytes`, whatever the
+/// samples hold: the agent builds no report larger than this. At least 1.
+pub fn samples_per_report(max_samples: usize, max_message_bytes: usize) -> usize {
+    let by_size = max_message_bytes.saturating_sub(REPORT_HEADER_BYTES) / MAX_ENCODED_SAMPLE_BYTES;
+    max_samples.min(by_size).max(1)
+}
+
+/// Default line rate the plausibility bound assumes for one node: 100 GB/s
+/// (800 Gbit/s), counting every pod link of the node in both directions.
+pub const DEFAULT_MAX_NODE_BYTES_PER_SEC: u64 = 100_000_000_000;
+
 /// Limits a report must respect to be accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ValidationLimits {
-    /// Most samples in one report.
+    /// Most samples in one report. Checked while decoding, before the
+    /// samples are allocated.
     pub max_samples: usize,
     /// Longest node name (a Kubernetes node name is at most 253 bytes).
     pub max_node_name_len: usize,
     /// Longest window one report may cover (an agent that was cut off for
     /// long merges its deltas into one long window).
     pub max_window: Duration,
+    /// How far in the future (by the aggregator's clock) a window may end:
+    /// the clock skew tolerated between agents and the aggregator.
+    pub max_clock_skew: Duration,
     /// Most bytes one packet may carry: an IPv6 packet with the largest
     /// non-jumbo payload, 40 + 65 535.
     pub max_bytes_per_packet: u64,
@@ -26,19 +55,149 @@ pub struct ValidationLimits {
     pub min_bytes_per_packet: u64,
     /// Most bytes one sample (or the overflow) may carry: 1 PiB.
     pub max_bytes_per_sample: u64,
+    /// The line rate a node can reach, in bytes per second, all its pods'
+    /// links and both directions together. A report may carry at most
+    /// `max_node_bytes_per_sec x (window + report_grace)` bytes.
+    pub max_node_bytes_per_sec: u64,
+    /// Time added to every window for the plausibility bound (a window's
+    /// counters can include packets counted just before it started, and
+    /// short windows must not be starved).
+    pub report_grace: Duration,
 }
 
 impl Default for ValidationLimits {
     fn default() -> Self {
         ValidationLimits {
-            max_samples: 200_000,
+            max_samples: DEFAULT_MAX_SAMPLES,
             max_node_name_len: 253,
             max_window: Duration::from_secs(7 * 24 * 3600),
+            max_clock_skew: Duration::from_secs(300),
             max_bytes_per_packet: 65_575,
             min_bytes_per_packet: 20,
             max_bytes_per_sample: 1 << 50,
+            max_node_bytes_per_sec: DEFAULT_MAX_NODE_BYTES_PER_SEC,
+            report_grace: Duration::from_secs(60),
         }
     }
+}
+
+impl ValidationLimits {
+    /// Most bytes a report covering `window` may carry.
+    pub fn byte_budget(&self, window: Duration) -> u64 {
+        let secs = window.saturating_add(self.report_grace).as_secs_f64();
+        let budget = self.max_node_bytes_per_sec as f64 * secs;
+        if budget >= u64::MAX as f64 {
+            u64::MAX
+        } else {
+            budget as u64
+        }
+    }
+}
+
+/// Why one sample was dropped: the label values of
+/// `netscope_aggregator_dropped_samples_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// An address has the wrong length for its family.
+    AddressLength,
+    /// Unknown address family.
+    UnknownFamily,
+    /// Unknown direction.
+    UnknownDirection,
+    /// An L4 field does not fit its width.
+    L4OutOfRange,
+    /// Bytes without packets.
+    BytesWithoutPackets,
+    /// More bytes than one sample may carry.
+    SampleTooLarge,
+    /// Fewer bytes per packet than an IP header.
+    BelowIpHeader,
+    /// More bytes per packet than an IP packet can hold.
+    AboveMaxPacket,
+    /// The observation was reported by a node other than the observed
+    /// pod's (aggregator side, see [`crate::aggregate`]).
+    WrongNode,
+}
+
+impl DropReason {
+    /// Every reason, in label order.
+    pub const ALL: [DropReason; 9] = [
+        DropReason::AddressLength,
+        DropReason::UnknownFamily,
+        DropReason::UnknownDirection,
+        DropReason::L4OutOfRange,
+        DropReason::BytesWithoutPackets,
+        DropReason::SampleTooLarge,
+        DropReason::BelowIpHeader,
+        DropReason::AboveMaxPacket,
+        DropReason::WrongNode,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::AddressLength => "address_length",
+            DropReason::UnknownFamily => "unknown_family",
+            DropReason::UnknownDirection => "unknown_direction",
+            DropReason::L4OutOfRange => "l4_out_of_range",
+            DropReason::BytesWithoutPackets => "bytes_without_packets",
+            DropReason::SampleTooLarge => "sample_too_large",
+            DropReason::BelowIpHeader => "below_ip_header",
+            DropReason::AboveMaxPacket => "above_max_packet",
+            DropReason::WrongNode => "wrong_node",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Samples dropped from one report, per reason, and the first one's error
+/// (logged once per report).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SampleDrops {
+    counts: [u64; DropReason::ALL.len()],
+    /// The first dropped sample's error, naming its index and field.
+    pub first: Option<ValidationError>,
+}
+
+impl SampleDrops {
+    /// Records one dropped sample.
+    pub fn add(&mut self, reason: DropReason, error: impl FnOnce() -> ValidationError) {
+        self.counts[reason.index()] += 1;
+        if self.first.is_none() {
+            self.first = Some(error());
+        }
+    }
+
+    /// Dropped samples with `reason`.
+    pub fn count(&self, reason: DropReason) -> u64 {
+        self.counts[reason.index()]
+    }
+
+    /// All dropped samples.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// `(reason, count)` for every reason with a non-zero count.
+    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .iter()
+            .map(|r| (*r, self.counts[r.index()]))
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
+/// A report that passed validation, and the samples dropped from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validated {
+    /// The report, with the valid samples only.
+    pub report: Report,
+    /// What was dropped, by reason.
+    pub drops: SampleDrops,
 }
 
 /// Why a report was rejected. The server answers `InvalidArgument` with this
@@ -140,6 +299,27 @@ pub enum ValidationError {
         /// Its width.
         bits: u8,
     },
+    /// The window ends further in the future than the tolerated clock skew.
+    #[error(
+        "window ends {ahead_secs} s in the future, beyond the tolerated clock skew of {max_secs} s"
+    )]
+    WindowInFuture {
+        /// How far ahead of the aggregator's clock, in seconds.
+        ahead_secs: u64,
+        /// The tolerated skew.
+        max_secs: u64,
+    },
+    /// The report carries more bytes than its window allows at the
+    /// documented line rate.
+    #[error("{bytes} bytes in a window of {window_secs} s is more than a node can carry ({budget} bytes at most)")]
+    ImplausibleBytes {
+        /// Bytes in the report (saturated sum).
+        bytes: u64,
+        /// Window length.
+        window_secs: u64,
+        /// The bound.
+        budget: u64,
+    },
     /// Bytes and packets that no real traffic can produce.
     #[error("{what}: {bytes} bytes in {packets} packets is impossible ({reason})")]
     AbsurdCounters {
@@ -153,6 +333,31 @@ pub enum ValidationError {
         reason: &'static str,
     },
 }
+
+impl ValidationError {
+    /// For an error about one sample: why it is dropped. `None` for errors
+    /// about the report as a whole, which refuse it.
+    pub fn drop_reason(&self) -> Option<DropReason> {
+        Some(match self {
+            ValidationError::AddressLength { .. } => DropReason::AddressLength,
+            ValidationError::UnknownFamily { .. } => DropReason::UnknownFamily,
+            ValidationError::UnknownDirection { .. } => DropReason::UnknownDirection,
+            ValidationError::L4OutOfRange { .. } => DropReason::L4OutOfRange,
+            ValidationError::AbsurdCounters { reason, .. } => match *reason {
+                BYTES_WITHOUT_PACKETS => DropReason::BytesWithoutPackets,
+                SAMPLE_TOO_LARGE => DropReason::SampleTooLarge,
+                BELOW_IP_HEADER => DropReason::BelowIpHeader,
+                _ => DropReason::AboveMaxPacket,
+            },
+            _ => return None,
+        })
+    }
+}
+
+const BYTES_WITHOUT_PACKETS: &str = "bytes without packets";
+const SAMPLE_TOO_LARGE: &str = "more bytes than one sample may carry";
+const BELOW_IP_HEADER: &str = "fewer bytes per packet than an IP header";
+const ABOVE_MAX_PACKET: &str = "more bytes per packet than an IP packet can hold";
 
 fn nanos_to_time(nanos: i64, which: &'static str) -> Result<SystemTime, ValidationError> {
     let n = u64::try_from(nanos).map_err(|_| ValidationError::NegativeTime { which, nanos })?;
@@ -174,13 +379,13 @@ fn check_counters(
     limits: &ValidationLimits,
 ) -> Result<(), ValidationError> {
     let reason = if c.packets == 0 && c.bytes > 0 {
-        Some("bytes without packets")
+        Some(BYTES_WITHOUT_PACKETS)
     } else if c.bytes > limits.max_bytes_per_sample {
-        Some("more bytes than one sample may carry")
+        Some(SAMPLE_TOO_LARGE)
     } else if c.bytes < c.packets.saturating_mul(limits.min_bytes_per_packet) {
-        Some("fewer bytes per packet than an IP header")
+        Some(BELOW_IP_HEADER)
     } else if c.bytes > c.packets.saturating_mul(limits.max_bytes_per_packet) {
-        Some("more bytes per packet than an IP packet can hold")
+        Some(ABOVE_MAX_PACKET)
     } else {
         None
     };
@@ -284,14 +489,21 @@ pub fn sample_from_proto(
     })
 }
 
-/// Validates and converts a wire report.
+/// Validates and converts a wire report, as of `now` (the receiver's
+/// clock, for the future-window check).
+///
+/// Errors about the report as a whole (node name, instance id, sequence,
+/// window, sample count, byte budget) refuse it. A bad sample, or bad
+/// overflow counters, is dropped and counted in [`Validated::drops`]; the
+/// rest of the report counts.
 ///
 /// # Errors
-/// The first [`ValidationError`] found.
+/// The first report-level [`ValidationError`] found.
 pub fn report_from_proto(
     r: pb::FlowReport,
     limits: &ValidationLimits,
-) -> Result<Report, ValidationError> {
+    now: SystemTime,
+) -> Result<Validated, ValidationError> {
     if r.node_name.is_empty() {
         return Err(ValidationError::EmptyNodeName);
     }
@@ -323,31 +535,64 @@ pub fn report_from_proto(
             max_secs: limits.max_window.as_secs(),
         });
     }
+    if let Ok(ahead) = window_end.duration_since(now) {
+        if ahead > limits.max_clock_skew {
+            return Err(ValidationError::WindowInFuture {
+                ahead_secs: ahead.as_secs(),
+                max_secs: limits.max_clock_skew.as_secs(),
+            });
+        }
+    }
     if r.samples.len() > limits.max_samples {
         return Err(ValidationError::TooManySamples {
             count: r.samples.len(),
             max: limits.max_samples,
         });
     }
-    let overflow = r
+    let mut drops = SampleDrops::default();
+    let mut overflow = r
         .overflow
         .map_or_else(Counters::default, |c| Counters::new(c.bytes, c.packets));
-    check_counters(|| String::from("overflow"), overflow, limits)?;
-    let samples = r
-        .samples
-        .iter()
-        .enumerate()
-        .map(|(i, s)| sample_from_proto(s, i, limits))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Report {
-        node: r.node_name,
-        instance: InstanceId(instance),
-        seq: r.sequence,
-        window_start,
-        window_end,
-        samples,
-        overflow,
-        folded_flows: r.folded_flows,
+    if let Err(e) = check_counters(|| String::from("overflow"), overflow, limits) {
+        if let Some(reason) = e.drop_reason() {
+            drops.add(reason, || e);
+        }
+        overflow = Counters::default();
+    }
+    let mut total = overflow;
+    let mut samples = Vec::with_capacity(r.samples.len());
+    for (i, s) in r.samples.iter().enumerate() {
+        match sample_from_proto(s, i, limits) {
+            Ok(s) => {
+                total += s.counters;
+                samples.push(s);
+            }
+            Err(e) => match e.drop_reason() {
+                Some(reason) => drops.add(reason, || e),
+                None => return Err(e),
+            },
+        }
+    }
+    let budget = limits.byte_budget(len);
+    if total.bytes > budget {
+        return Err(ValidationError::ImplausibleBytes {
+            bytes: total.bytes,
+            window_secs: len.as_secs(),
+            budget,
+        });
+    }
+    Ok(Validated {
+        report: Report {
+            node: r.node_name,
+            instance: InstanceId(instance),
+            seq: r.sequence,
+            window_start,
+            window_end,
+            samples,
+            overflow,
+            folded_flows: r.folded_flows,
+        },
+        drops,
     })
 }
 
@@ -402,9 +647,56 @@ pub fn report_to_proto(r: &Report) -> pb::FlowReport {
     }
 }
 
+/// Counts the `samples` fields (field 6) of an encoded `FlowReport` by
+/// walking its top-level fields, without decoding or allocating anything:
+/// the server checks the sample limit with it before decoding. Returns
+/// `None` when the bytes are not a well-formed sequence of protobuf fields
+/// (the decoder then reports them as malformed).
+pub fn count_encoded_samples(mut buf: &[u8]) -> Option<usize> {
+    fn varint(buf: &mut &[u8]) -> Option<u64> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = buf.split_first()?;
+            *buf = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    fn skip(buf: &mut &[u8], n: u64) -> Option<()> {
+        let n = usize::try_from(n).ok()?;
+        *buf = buf.get(n..)?;
+        Some(())
+    }
+    let mut samples = 0usize;
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        match key & 7 {
+            0 => {
+                varint(&mut buf)?;
+            }
+            1 => skip(&mut buf, 8)?,
+            2 => {
+                let len = varint(&mut buf)?;
+                skip(&mut buf, len)?;
+                if key >> 3 == 6 {
+                    samples += 1;
+                }
+            }
+            5 => skip(&mut buf, 4)?,
+            // Groups (3, 4) and reserved wire types: not in this schema.
+            _ => return None,
+        }
+    }
+    Some(samples)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
 
     fn good() -> pb::FlowReport {
         let r = Report {
@@ -442,11 +734,16 @@ mod tests {
         report_to_proto(&r)
     }
 
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(120)
+    }
+
     #[test]
     fn round_trip() {
         let p = good();
-        let r = report_from_proto(p.clone(), &ValidationLimits::default()).expect("valid");
-        assert_eq!(report_to_proto(&r), p);
+        let v = report_from_proto(p.clone(), &ValidationLimits::default(), now()).expect("valid");
+        assert_eq!(v.drops.total(), 0);
+        assert_eq!(report_to_proto(&v.report), p);
     }
 
     #[test]
@@ -475,49 +772,9 @@ mod tests {
                 "before the Unix epoch",
             ),
             (
-                "src length",
-                |r| r.samples[0].src = vec![1, 2, 3],
-                "sample 0: src address is 3 bytes",
-            ),
-            (
-                "v6 dst length",
-                |r| r.samples[1].dst = vec![1; 4],
-                "sample 1: dst address is 4 bytes",
-            ),
-            (
-                "family",
-                |r| r.samples[1].family = 5,
-                "unknown address family 5",
-            ),
-            (
-                "direction",
-                |r| r.samples[0].direction = 0,
-                "unknown direction 0",
-            ),
-            (
-                "port",
-                |r| r.samples[1].l4.as_mut().expect("l4").src_port = 70_000,
-                "does not fit in 16 bits",
-            ),
-            (
-                "bytes no packets",
-                |r| r.samples[0].packets = 0,
-                "bytes without packets",
-            ),
-            (
-                "jumbo",
-                |r| r.samples[0].bytes = 10_000_000,
-                "more bytes per packet",
-            ),
-            (
-                "tiny packets",
-                |r| r.samples[0].packets = 1_000,
-                "fewer bytes per packet",
-            ),
-            (
-                "overflow",
-                |r| r.overflow.as_mut().expect("overflow").bytes = u64::MAX,
-                "overflow",
+                "future",
+                |r| r.window_end_unix_nanos = 10_000 * 1_000_000_000,
+                "in the future",
             ),
             (
                 "too many",
@@ -527,11 +784,23 @@ mod tests {
                 },
                 "3 samples, over the limit of 2",
             ),
+            (
+                "more than the line rate allows",
+                |r| {
+                    // 2 x 1 PiB in 10 s: each sample is plausible, the sum
+                    // is not.
+                    for s in &mut r.samples {
+                        s.bytes = 1 << 50;
+                        s.packets = (1 << 50) / 1000;
+                    }
+                },
+                "more than a node can carry",
+            ),
         ];
         for (name, mutate, want) in cases {
             let mut p = good();
             mutate(&mut p);
-            match report_from_proto(p, &limits) {
+            match report_from_proto(p, &limits, now()) {
                 Ok(_) => panic!("{name}: accepted a bad report"),
                 Err(e) => assert!(
                     e.to_string().contains(want),
@@ -539,5 +808,141 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn bad_samples_are_dropped_and_the_rest_counts() {
+        type Mutate = fn(&mut pb::FlowReport);
+        let cases: Vec<(&str, Mutate, DropReason, &str)> = vec![
+            (
+                "src length",
+                |r| r.samples[0].src = vec![1, 2, 3],
+                DropReason::AddressLength,
+                "sample 0: src address is 3 bytes",
+            ),
+            (
+                "v6 dst length",
+                |r| r.samples[1].dst = vec![1; 4],
+                DropReason::AddressLength,
+                "sample 1: dst address is 4 bytes",
+            ),
+            (
+                "family",
+                |r| r.samples[1].family = 5,
+                DropReason::UnknownFamily,
+                "unknown address family 5",
+            ),
+            (
+                "direction",
+                |r| r.samples[0].direction = 0,
+                DropReason::UnknownDirection,
+                "unknown direction 0",
+            ),
+            (
+                "port",
+                |r| r.samples[1].l4.as_mut().expect("l4").src_port = 70_000,
+                DropReason::L4OutOfRange,
+                "does not fit in 16 bits",
+            ),
+            (
+                "bytes no packets",
+                |r| r.samples[0].packets = 0,
+                DropReason::BytesWithoutPackets,
+                "bytes without packets",
+            ),
+            (
+                "jumbo",
+                |r| r.samples[0].bytes = 10_000_000,
+                DropReason::AboveMaxPacket,
+                "more bytes per packet",
+            ),
+            (
+                "tiny packets",
+                |r| r.samples[0].packets = 1_000,
+                DropReason::BelowIpHeader,
+                "fewer bytes per packet",
+            ),
+            (
+                "one PiB and a byte",
+                |r| {
+                    r.samples[0].bytes = (1 << 50) + 1;
+                    r.samples[0].packets = 1 << 40;
+                },
+                DropReason::SampleTooLarge,
+                "more bytes than one sample",
+            ),
+            (
+                "overflow",
+                |r| r.overflow.as_mut().expect("overflow").bytes = u64::MAX,
+                DropReason::SampleTooLarge,
+                "overflow",
+            ),
+        ];
+        let full = report_from_proto(good(), &ValidationLimits::default(), now())
+            .expect("valid")
+            .report
+            .total();
+        for (name, mutate, reason, want) in cases {
+            let mut p = good();
+            mutate(&mut p);
+            let v = report_from_proto(p, &ValidationLimits::default(), now())
+                .unwrap_or_else(|e| panic!("{name}: the whole report was refused: {e}"));
+            assert_eq!(v.drops.total(), 1, "{name}: {:?}", v.drops);
+            assert_eq!(v.drops.count(reason), 1, "{name}: {:?}", v.drops);
+            let first = v.drops.first.as_ref().expect("first error kept");
+            assert!(
+                first.to_string().contains(want),
+                "{name}: {first} lacks {want:?}"
+            );
+            // Exactly the dropped part is missing.
+            let lost = full.bytes - v.report.total().bytes;
+            assert!(
+                lost == 1500 || lost == 60 || lost == 100,
+                "{name}: lost {lost} bytes, not one sample's or the overflow's"
+            );
+        }
+    }
+
+    #[test]
+    fn encoded_samples_are_counted_without_decoding() {
+        let p = good();
+        assert_eq!(count_encoded_samples(&p.encode_to_vec()), Some(2));
+        let empty = pb::FlowReport {
+            samples: vec![pb::FlowSample::default(); 1000],
+            ..good()
+        };
+        assert_eq!(count_encoded_samples(&empty.encode_to_vec()), Some(1000));
+        assert_eq!(count_encoded_samples(&[]), Some(0));
+        // Truncated length-delimited field, a group, an endless varint.
+        assert_eq!(count_encoded_samples(&[0x32, 0x05, 1]), None);
+        assert_eq!(count_encoded_samples(&[0x33]), None);
+        assert_eq!(
+            count_encoded_samples(&[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
+            ]),
+            None
+        );
+    }
+
+    #[test]
+    fn worst_case_sample_size_holds() {
+        let s = pb::FlowSample {
+            src: vec![0xff; 16],
+            dst: vec![0xff; 16],
+            family: pb::AddressFamily::Ipv6 as i32,
+            direction: pb::Direction::ToPod as i32,
+            l4: Some(pb::L4 {
+                protocol: 255,
+                src_port: 65_535,
+                dst_port: 65_535,
+            }),
+            bytes: u64::MAX,
+            packets: u64::MAX,
+        };
+        let r = pb::FlowReport {
+            samples: vec![s; 1],
+            ..pb::FlowReport::default()
+        };
+        assert_eq!(r.encoded_len(), MAX_ENCODED_SAMPLE_BYTES);
     }
 }

@@ -25,4 +25,4 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/netscope_v1_descriptor.bin"));
 }
 
-pub use convert::{ValidationError, ValidationLimits};
+pub use convert::{DropReason, SampleDrops, Validated, ValidationError, ValidationLimits};

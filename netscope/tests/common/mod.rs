@@ -128,6 +128,8 @@ pub fn cluster() -> MemoryResolver {
         .add_pod(ip("10.0.2.1"), "b1", "default", "node-b", "zone-2")
         .add_pod(ip("10.0.3.1"), "c1", "default", "node-c", "zone-2")
         .add_node(ip("192.168.0.1"), "node-a", "zone-1")
+        // The loopback tests' agent: reports for node-a come from here.
+        .add_node(ip("127.0.0.1"), "node-a", "zone-1")
         .add_service(ip("10.96.0.10"), "svc", "default")
         .set_monitored(["node-a", "node-b"]);
     r
