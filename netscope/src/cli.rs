@@ -60,6 +60,31 @@ pub fn parse_duration_within(s: &str, min: Duration, max: Duration) -> Result<Du
     Ok(d)
 }
 
+/// Checks that `name` is a valid Kubernetes node name (a DNS-1123
+/// subdomain: at most 253 characters, dot-separated labels of at most 63
+/// lowercase letters, digits and `-`, each starting and ending with a
+/// letter or digit), as the API server enforces.
+///
+/// # Errors
+/// A message with the name Debug-escaped (it may hold control characters).
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid Kubernetes node name (lowercase letters, digits, '-' and '.', at most 253 characters)"
+        ))
+    }
+}
+
 /// How log lines are written on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -296,6 +321,28 @@ mod tests {
             other => panic!("expected \"panics\" to have panicked, got {other}"),
         }
         assert_eq!(tasks.len(), 1, "the pending task is still supervised");
+    }
+
+    #[test]
+    fn node_names_are_dns_subdomains() {
+        for ok in ["node-1", "ip-10-0-1-5.eu-west-1.compute.internal", "a"] {
+            assert_eq!(check_node_name(ok), Ok(()), "{ok}");
+        }
+        let long = "a".repeat(64);
+        for bad in [
+            "",
+            "Node-1",
+            "node_1",
+            "-node",
+            "node-",
+            "a..b",
+            &long,
+            "node-1\nERROR forged",
+        ] {
+            let e = check_node_name(bad).expect_err(bad);
+            assert!(e.contains("not a valid Kubernetes node name"), "{e}");
+            assert!(!e.contains('\n'), "the name is escaped: {e:?}");
+        }
     }
 
     #[test]

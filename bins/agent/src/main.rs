@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use ipnet::IpNet;
-use netscope::cli::{bind, init_logging, parse_duration_within, parse_listen_addr, LogFormat};
+use netscope::cli::{
+    bind, check_node_name, init_logging, parse_duration_within, parse_listen_addr, LogFormat,
+};
 use netscope::discover::{error_chain, InterfaceFilter, Reconciler, DEFAULT_PREFIXES};
 use netscope::nat::{NetlinkConntrack, ServiceNat};
 use netscope::report::{Reporter, ReporterConfig};
@@ -99,6 +101,11 @@ fn main() -> Result<()> {
     init_logging(args.verbosity, args.log_format, &["netscope_agent"]).context("--log-format")?;
     // The node name is untrusted text (an env var): Debug-escaped.
     info!(node = ?args.node_name, version = env!("CARGO_PKG_VERSION"), "netscope-agent starting");
+    // Every report carries it; a name the API server would refuse is a
+    // misconfiguration (or a forgery), not a node.
+    check_node_name(&args.node_name)
+        .map_err(anyhow::Error::msg)
+        .context("--node-name")?;
     if args.kubeconfig.is_some() {
         info!("--kubeconfig is accepted for compatibility and not used: the agent needs no Kubernetes API access");
     }

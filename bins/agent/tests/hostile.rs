@@ -1,7 +1,8 @@
 //! Issue 12, the agent's share of the hostile-input table about flags and
 //! logs (rows 8 and 10, the ANSI and JSON cases), against the real binary.
-//! Each run stops at a bad `--include-interfaces` regex, after logging is
-//! set up and the start line is written but before anything needs root.
+//! Each run stops at the forged node name (refused: not a Kubernetes node
+//! name) or a bad `--include-interfaces` regex, after logging is set up and
+//! the start line is written but before anything needs root.
 
 use std::process::{Command, Output};
 
@@ -63,8 +64,18 @@ fn log_cases() {
     ];
     for (name, extra, check) in cases {
         let out = run(FORGED_NODE, extra);
-        assert!(!out.status.success(), "{name}: the bad regex was accepted");
-        check(&String::from_utf8_lossy(&out.stderr));
+        assert!(
+            !out.status.success(),
+            "{name}: the forged name was accepted"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(
+                r#""node-1\nERROR forged: all traffic dropped" is not a valid Kubernetes node name"#
+            ),
+            "{name}: the refusal does not name the (escaped) node name:\n{err}"
+        );
+        check(&err);
     }
 }
 
