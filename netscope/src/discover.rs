@@ -250,7 +250,7 @@ impl Reconciler {
         for direction in Direction::BOTH {
             match self.attacher.attach(&link.iface, direction) {
                 Ok(a) => {
-                    tracing::info!(iface = %link.iface.name, ifindex = link.iface.ifindex, direction = %direction, hook = direction.hook_name(), mode = %a.mode(), "attached");
+                    tracing::info!(iface = ?link.iface.name, ifindex = link.iface.ifindex, direction = %direction, hook = direction.hook_name(), mode = %a.mode(), "attached");
                     attachments.push(a);
                 }
                 Err(e) => {
@@ -277,10 +277,10 @@ impl Reconciler {
         // A link deleted between its event and our attach is not an error.
         let vanished = matches!(e, AttachError::Attach { source, .. } if matches!(source.raw_os_error(), Some(19) | Some(6)));
         if vanished {
-            tracing::debug!(iface = %iface.name, ifindex = iface.ifindex, "interface vanished before attach");
+            tracing::debug!(iface = ?iface.name, ifindex = iface.ifindex, "interface vanished before attach");
             return;
         }
-        tracing::error!(error = %error_chain(e), "attach failed; will retry on the interface's next event");
+        tracing::error!(error = ?error_chain(e), "attach failed; will retry on the interface's next event");
         *self.errors.entry(iface.name.clone()).or_default() += 1;
         metrics::counter!("netscope_agent_attach_errors_total").increment(1);
     }
@@ -291,9 +291,9 @@ impl Reconciler {
                 let (direction, mode) = (a.direction(), a.mode());
                 match a.detach() {
                     Ok(()) => {
-                        tracing::info!(iface = %t.iface.name, ifindex, direction = %direction, mode = %mode, "detached")
+                        tracing::info!(iface = ?t.iface.name, ifindex, direction = %direction, mode = %mode, "detached")
                     }
-                    Err(e) => tracing::warn!(error = %error_chain(&e), "detach failed"),
+                    Err(e) => tracing::warn!(error = ?error_chain(&e), "detach failed"),
                 }
             }
         }
@@ -307,7 +307,7 @@ impl Reconciler {
                 let (direction, mode) = (a.direction(), a.mode());
                 match a.detach() {
                     Ok(()) => {
-                        tracing::info!(iface = %t.iface.name, ifindex, direction = %direction, mode = %mode, "detached")
+                        tracing::info!(iface = ?t.iface.name, ifindex, direction = %direction, mode = %mode, "detached")
                     }
                     Err(e) => errors.push(e),
                 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use ipnet::IpNet;
-use netscope::cli::{bind, log_filter, parse_listen_addr};
+use netscope::cli::{
+    bind, check_node_name, init_logging, parse_duration_within, parse_listen_addr, LogFormat,
+};
 use netscope::discover::{error_chain, InterfaceFilter, Reconciler, DEFAULT_PREFIXES};
 use netscope::nat::{NetlinkConntrack, ServiceNat};
 use netscope::report::{Reporter, ReporterConfig};
@@ -34,7 +36,7 @@ struct Args {
     /// The aggregator's gRPC address (host:port, or an http(s):// URI).
     #[arg(long, default_value = "netscope-aggregator:8080")]
     server_endpoint: String,
-    /// How often to drain the counters and send a report.
+    /// How often to drain the counters and send a report (100ms to 1h).
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     collection_interval: Duration,
     /// Address of /metrics, /healthz and /readyz. ":PORT" listens on all addresses.
@@ -43,6 +45,10 @@ struct Args {
     /// Log verbosity: 0 info, 1-2 debug, 3-4 trace for netscope, 5 trace for everything. RUST_LOG overrides.
     #[arg(short = 'v', long = "verbosity", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=5))]
     verbosity: u8,
+    /// Log line format on stderr: text (ANSI colours only on a terminal) or
+    /// json (one object per line, for log pipelines).
+    #[arg(long, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// Accepted for compatibility; the agent does not talk to the Kubernetes API.
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
@@ -89,23 +95,7 @@ struct Args {
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?}: {e} (use e.g. 10s, 500ms, 1m)"))?;
-    if d < Duration::from_millis(100) {
-        return Err(format!("{s:?} is shorter than 100ms"));
-    }
-    Ok(d)
-}
-
-fn init_logging(verbosity: u8) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(log_filter(verbosity, &["netscope_agent"]))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    parse_duration_within(s, Duration::from_millis(100), Duration::from_secs(3600))
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -114,7 +104,14 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    init_logging(args.verbosity);
+    init_logging(args.verbosity, args.log_format, &["netscope_agent"]).context("--log-format")?;
+    // The node name is untrusted text (an env var): Debug-escaped.
+    info!(node = ?args.node_name, version = env!("CARGO_PKG_VERSION"), "netscope-agent starting");
+    // Every report carries it; a name the API server would refuse is a
+    // misconfiguration (or a forgery), not a node.
+    check_node_name(&args.node_name)
+        .map_err(anyhow::Error::msg)
+        .context("--node-name")?;
     if args.kubeconfig.is_some() {
         info!("--kubeconfig is accepted for compatibility and not used: the agent needs no Kubernetes API access");
     }
@@ -146,7 +143,7 @@ fn main() -> Result<()> {
         })
         .context("loading the capture program")?,
     );
-    info!(node = %args.node_name, mode = %args.attach_mode, prefixes = ?filter.prefixes(), max_flows = args.max_flows,
+    info!(node = ?args.node_name, mode = %args.attach_mode, prefixes = ?filter.prefixes(), max_flows = args.max_flows,
           service_cidrs = ?args.service_cidrs, "capture program loaded");
 
     // Discovery on its own thread: link events -> attach/detach.
@@ -154,12 +151,24 @@ fn main() -> Result<()> {
     let reconciler = Arc::new(Mutex::new(Reconciler::new(attacher, filter)));
     let stop_discovery = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
+    // False once a supervised part (discovery, the drain loop, the debug
+    // server) stopped: /healthz fails, and the agent exits non-zero.
+    let live = Arc::new(AtomicBool::new(true));
+    let (stopped_tx, stopped_rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     let mut watcher = LinkWatcher::new().context("opening the rtnetlink socket")?;
     let discovery = {
         let (r, stop, ready) = (reconciler.clone(), stop_discovery.clone(), ready.clone());
+        let notice = StopNotice {
+            part: "discovery",
+            expected: stop_discovery.clone(),
+            live: live.clone(),
+            tx: stopped_tx.clone(),
+        };
         std::thread::Builder::new()
             .name("discovery".into())
             .spawn(move || -> Result<()> {
+                // Dropped on return and on panic alike.
+                let _notice = notice;
                 while !stop.load(Ordering::Relaxed) {
                     let events = watcher
                         .next(Duration::from_millis(200))
@@ -175,6 +184,8 @@ fn main() -> Result<()> {
             })?
     };
 
+    let failed: Arc<Mutex<Option<&'static str>>> = Arc::new(Mutex::new(None));
+    let http_stopping = Arc::new(AtomicBool::new(false));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -183,11 +194,29 @@ fn main() -> Result<()> {
         let listener = bind(args.debug_addr)
             .await
             .with_context(|| format!("listening on --debug-addr {}", args.debug_addr))?;
-        let http = HttpEndpoints { metrics: Some(Arc::new(move || prometheus.render())), ready: ready.clone() };
+        let http = HttpEndpoints {
+            metrics: Some(Arc::new(move || prometheus.render())),
+            ready: ready.clone(),
+            live: Some(live.clone()),
+        };
         let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let http_task = tokio::spawn(serve_http(listener, http, async {
-            let _ = http_stop_rx.await;
-        }));
+        let http_notice = StopNotice {
+            part: "debug HTTP server",
+            expected: http_stopping.clone(),
+            live: live.clone(),
+            tx: stopped_tx.clone(),
+        };
+        let http_task = tokio::spawn(async move {
+            let _notice = http_notice;
+            let result = serve_http(listener, http, async {
+                let _ = http_stop_rx.await;
+            })
+            .await;
+            if let Err(e) = &result {
+                error!(error = ?e, "the debug HTTP server stopped");
+            }
+            result
+        });
 
         let mut client = ClientConfig::new(args.server_endpoint.clone());
         client.tls = tls;
@@ -209,18 +238,32 @@ fn main() -> Result<()> {
         // On SIGTERM/SIGINT: detach everything first, so that the reporter's
         // final drain holds every packet that was counted; then it flushes.
         let (r, stop) = (reconciler.clone(), stop_discovery.clone());
+        let (failed_part, not_ready, not_live) = (failed.clone(), ready.clone(), live.clone());
+        let mut stopped_rx = stopped_rx;
         let shutdown = async move {
-            shutdown_signal().await;
-            info!("shutting down: detaching, then a final drain and report");
+            tokio::select! {
+                _ = shutdown_signal() => {
+                    info!("shutting down: detaching, then a final drain and report");
+                }
+                Some(part) = stopped_rx.recv() => {
+                    not_ready.store(false, Ordering::Release);
+                    not_live.store(false, Ordering::Release);
+                    error!(part, "a supervised part of the agent stopped: detaching, a final drain and report, then exiting non-zero");
+                    *failed_part.lock().unwrap_or_else(|p| p.into_inner()) = Some(part);
+                }
+            }
             stop.store(true, Ordering::Relaxed);
             let errors = tokio::task::spawn_blocking(move || r.lock().unwrap_or_else(|p| p.into_inner()).detach_all())
                 .await
                 .unwrap_or_default();
             for e in &errors {
-                error!(error = %error_chain(e), "detach failed");
+                error!(error = ?error_chain(e), "detach failed");
             }
         };
         let summary = reporter.run(shutdown).await;
+        // The drain loop has stopped.
+        live.store(false, Ordering::Release);
+        http_stopping.store(true, Ordering::Release);
         let _ = http_stop_tx.send(());
         let _ = http_task.await;
         anyhow::Ok(summary)
@@ -228,7 +271,7 @@ fn main() -> Result<()> {
     stop_discovery.store(true, Ordering::Relaxed);
     match discovery.join() {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => error!(error = %format!("{e:#}"), "discovery stopped with an error"),
+        Ok(Err(e)) => error!(error = ?format!("{e:#}"), "discovery stopped with an error"),
         Err(_) => error!("discovery thread panicked"),
     }
     // Anything attached after the shutdown began.
@@ -237,7 +280,7 @@ fn main() -> Result<()> {
         .unwrap_or_else(|p| p.into_inner())
         .detach_all()
     {
-        error!(error = %error_chain(&e), "detach failed");
+        error!(error = ?error_chain(&e), "detach failed");
     }
     info!(
         reports_acked = summary.reports_acked,
@@ -245,6 +288,9 @@ fn main() -> Result<()> {
         unsent_bytes = summary.unsent.bytes,
         "netscope-agent stopped"
     );
+    if let Some(part) = *failed.lock().unwrap_or_else(|p| p.into_inner()) {
+        anyhow::bail!("{part} stopped unexpectedly; exiting so that the pod is restarted");
+    }
     if summary.unsent.bytes > 0 {
         anyhow::bail!(
             "{} bytes could not be delivered before shutdown (see the log above)",
@@ -252,6 +298,24 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Tells the agent's main loop that a supervised part stopped, when it
+/// stops without being asked to (`expected` not set): on return or panic.
+struct StopNotice {
+    part: &'static str,
+    expected: Arc<AtomicBool>,
+    live: Arc<AtomicBool>,
+    tx: tokio::sync::mpsc::UnboundedSender<&'static str>,
+}
+
+impl Drop for StopNotice {
+    fn drop(&mut self) {
+        if !self.expected.load(Ordering::Acquire) {
+            self.live.store(false, Ordering::Release);
+            let _ = self.tx.send(self.part);
+        }
+    }
 }
 
 async fn shutdown_signal() {

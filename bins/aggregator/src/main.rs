@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use netscope::aggregate::DedupConfig;
-use netscope::cli::{bind, log_filter, parse_listen_addr};
+use netscope::cli::{
+    bind, init_logging, parse_duration_within, parse_listen_addr, LogFormat, Supervisor,
+};
 use netscope::export::cost::{Price, Pricing};
 use netscope::export::flowlog::{FlowLogConfig, FlowLogExporter};
 use netscope::export::prometheus::{
@@ -27,7 +29,7 @@ use netscope::transport::server::{
     serve, serve_http, HttpEndpoints, ServerConfig, ServerTls, DEFAULT_MAX_MESSAGE_BYTES,
 };
 use netscope::{Aggregator, EndpointKind, Exporter, Resolver};
-use tracing::info;
+use tracing::{error, info};
 
 /// Receives netscope agents' flow reports, counts every byte once and
 /// exports cross-zone traffic.
@@ -64,9 +66,10 @@ struct Args {
     /// Accept reports for a node from any address. By default a report for node X must come from an address of node X; turn this on only where agents reach the aggregator through NAT.
     #[arg(long)]
     allow_any_peer_node: bool,
-    /// Forget an agent instance after this long without a report (seconds);
-    /// keep it above the longest time an agent retries one report.
-    #[arg(long, default_value_t = 6 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Forget an agent instance after this long without a report (seconds,
+    /// 1 to 2592000 = 30 days); keep it above the longest time an agent
+    /// retries one report.
+    #[arg(long, default_value_t = 6 * 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_DEDUP_IDLE_TTL_SECS))]
     dedup_idle_ttl_secs: u64,
     /// Server certificate (PEM). With --tls-key, serves TLS.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -85,10 +88,11 @@ struct Args {
     #[arg(long, default_value = "app.kubernetes.io/name=netscope-agent")]
     agent_selector: String,
     /// How long a deleted pod's IPs still resolve to it, for late reports
-    /// (Kubernetes backend and static topology).
-    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    /// (Kubernetes backend and static topology). At most 24h.
+    #[arg(long, default_value = "2m", value_parser = parse_tombstone_grace)]
     tombstone_grace: Duration,
-    /// How often the --topology and --custom-endpoints files are checked for changes.
+    /// How often the --topology and --custom-endpoints files are checked
+    /// for changes. Above zero, at most 1h.
     #[arg(long, default_value = "10s", value_parser = parse_reload_interval)]
     reload_interval: Duration,
     /// Write one JSON object per resolved flow to stdout.
@@ -101,7 +105,8 @@ struct Args {
     #[arg(long, default_value_t = 0.01)]
     price_per_gb_receiving: f64,
     /// Remove series idle for longer than this (gone pods' series go away).
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    /// Above zero, at most 7d.
+    #[arg(long, default_value = "10m", value_parser = parse_series_idle_timeout)]
     series_idle_timeout: Duration,
     /// Cardinality guard: most distinct pod pairs; more fold into `other`.
     #[arg(long, default_value_t = 100_000)]
@@ -116,24 +121,29 @@ struct Args {
     /// for everything. RUST_LOG overrides.
     #[arg(short = 'v', long = "verbosity", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=5))]
     verbosity: u8,
+    /// Log line format on stderr: text (ANSI colours only on a terminal) or
+    /// json (one object per line, for log pipelines).
+    #[arg(long, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
-fn init_logging(verbosity: u8) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(log_filter(verbosity, &["netscope_aggregator"]))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
+/// Upper bound of --dedup-idle-ttl-secs: 30 days.
+const MAX_DEDUP_IDLE_TTL_SECS: u64 = 30 * 24 * 3600;
+const HOUR: Duration = Duration::from_secs(3600);
 
 fn parse_reload_interval(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {
         Ok(d) if d.is_zero() => Err("must be greater than zero (e.g. 10s)".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(e.to_string()),
+        _ => parse_duration_within(s, Duration::from_millis(1), HOUR),
     }
+}
+
+fn parse_tombstone_grace(s: &str) -> Result<Duration, String> {
+    parse_duration_within(s, Duration::ZERO, 24 * HOUR)
+}
+
+fn parse_series_idle_timeout(s: &str) -> Result<Duration, String> {
+    parse_duration_within(s, Duration::from_millis(1), 7 * 24 * HOUR)
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -143,7 +153,9 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    init_logging(args.verbosity);
+    init_logging(args.verbosity, args.log_format, &["netscope_aggregator"])
+        .context("--log-format")?;
+    let mut tasks = Supervisor::new();
 
     // The recorder first: exporters cache handles to it.
     let expiry = SeriesExpiry::new(args.series_idle_timeout).context("--series-idle-timeout")?;
@@ -151,7 +163,7 @@ async fn main() -> Result<()> {
         .counter_idle_timeout(expiry.idle_timeout())
         .install()
         .context("installing the Prometheus recorder")?;
-    let resolver = build_resolver(&args).await?;
+    let resolver = build_resolver(&args, &mut tasks).await?;
     let pricing = Pricing {
         sending: Price::per_gb(args.price_per_gb_sending).context("--price-per-gb-sending")?,
         receiving: Price::per_gb(args.price_per_gb_receiving)
@@ -183,7 +195,7 @@ async fn main() -> Result<()> {
     {
         let (prom, resolver) = (prom.clone(), resolver.clone());
         let every = expiry.upkeep_interval();
-        tokio::spawn(async move {
+        tasks.spawn("series upkeep", async move {
             loop {
                 tokio::time::sleep(every).await;
                 prom.upkeep(Instant::now(), &|ep| {
@@ -230,25 +242,29 @@ async fn main() -> Result<()> {
         .with_context(|| format!("listening on {}", args.listen_addr))?;
 
     let handle = prometheus.clone();
-    tokio::spawn(async move {
+    tasks.spawn("recorder upkeep", async move {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
             handle.upkeep();
         }
     });
+    let live = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let http = HttpEndpoints {
         metrics: Some(Arc::new(move || prometheus.render())),
+        live: Some(live.clone()),
         ..HttpEndpoints::default()
     };
     // Ready once the resolver has its initial lists.
     {
         let ready = http.ready.clone();
-        tokio::spawn(async move {
+        tasks.spawn("readiness", async move {
             while !ready_resolver.is_synced() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             ready.store(true, Ordering::Release);
             info!("resolver synced; ready");
+            // Supervised like the others: it must not end.
+            std::future::pending::<()>().await;
         });
     }
     if let Some(addr) = args.http_listen_addr {
@@ -257,20 +273,33 @@ async fn main() -> Result<()> {
             .with_context(|| format!("listening on --http-listen-addr {addr}"))?;
         info!(addr = %l.local_addr()?, "plain HTTP for /metrics, /healthz and /readyz");
         let http = http.clone();
-        tokio::spawn(async move {
+        tasks.spawn("plain HTTP port", async move {
             // Runs until the process exits.
             if let Err(e) = serve_http(l, http, std::future::pending()).await {
-                tracing::error!(error = %e, "the plain HTTP port stopped serving");
+                error!(error = ?e, "the plain HTTP port stopped serving");
             }
         });
     }
     info!(addr = %listener.local_addr()?, "netscope-aggregator listening (gRPC + HTTP)");
-    serve(listener, aggregator, config, http, shutdown_signal()).await?;
+    let ready = http.ready.clone();
+    let served = tokio::select! {
+        r = serve(listener, aggregator, config, http, shutdown_signal()) => {
+            r.map_err(anyhow::Error::from)
+        }
+        exit = tasks.first_exit() => {
+            // Not ready, not live: Kubernetes restarts the pod.
+            ready.store(false, Ordering::Release);
+            live.store(false, Ordering::Release);
+            error!(error = %exit, "a supervised task stopped; exiting");
+            Err(anyhow::Error::from(exit))
+        }
+    };
     if let Some(f) = flowlog {
         if let Err(e) = f.shutdown(Duration::from_secs(5)) {
             tracing::warn!(error = %e, "flow log did not flush completely");
         }
     }
+    served?;
     info!("netscope-aggregator stopped");
     Ok(())
 }
@@ -299,7 +328,7 @@ async fn shutdown_signal() {
 /// Resolution: Kubernetes (with --kubeconfig or in a cluster) or a static
 /// topology, then custom endpoints, layered with the fixed precedence
 /// pod > node > service > custom > external.
-async fn build_resolver(args: &Args) -> Result<Arc<dyn Resolver>> {
+async fn build_resolver(args: &Args, tasks: &mut Supervisor) -> Result<Arc<dyn Resolver>> {
     let mut layers: Vec<Arc<dyn Resolver>> = Vec::new();
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     if let Some(path) = &args.topology {
@@ -308,11 +337,15 @@ async fn build_resolver(args: &Args) -> Result<Arc<dyn Resolver>> {
             tombstone_grace: args.tombstone_grace,
             ..StaticTopologyOptions::default()
         };
+        // Off the async workers: a large or hostile file must not stall them.
+        let file = path.clone();
         let r = Arc::new(
-            StaticResolver::load(path, options)
+            tokio::task::spawn_blocking(move || StaticResolver::load(file, options))
+                .await
+                .context("loading --topology")?
                 .with_context(|| format!("--topology {}", path.display()))?,
         );
-        tokio::spawn(r.clone().watch());
+        tasks.spawn("topology file watch", r.clone().watch());
         layers.push(r);
     } else if args.kubeconfig.is_some() || in_cluster {
         let config = KubeResolverConfig {
@@ -338,24 +371,27 @@ async fn build_resolver(args: &Args) -> Result<Arc<dyn Resolver>> {
                 .context("building the in-cluster Kubernetes client")?,
         };
         let (r, driver) = KubeResolver::new(client, config).context("Kubernetes resolver")?;
-        tokio::spawn(driver.run());
+        tasks.spawn("Kubernetes watch", driver.run());
         let r = Arc::new(r);
         layers.push(r);
     } else {
         anyhow::bail!("no resolution source: pass --topology FILE, or --kubeconfig FILE (in a cluster the service account is used)");
     }
     if let Some(path) = &args.custom_endpoints {
-        let c = Arc::new(
-            CustomEndpoints::load(
-                path,
-                CustomEndpointsOptions {
-                    poll_interval: args.reload_interval,
-                    ..CustomEndpointsOptions::default()
-                },
-            )
-            .with_context(|| format!("--custom-endpoints {}", path.display()))?,
+        let (file, options) = (
+            path.clone(),
+            CustomEndpointsOptions {
+                poll_interval: args.reload_interval,
+                ..CustomEndpointsOptions::default()
+            },
         );
-        tokio::spawn(c.clone().watch());
+        let c = Arc::new(
+            tokio::task::spawn_blocking(move || CustomEndpoints::load(file, options))
+                .await
+                .context("loading --custom-endpoints")?
+                .with_context(|| format!("--custom-endpoints {}", path.display()))?,
+        );
+        tasks.spawn("custom endpoints file watch", c.clone().watch());
         layers.push(c);
     }
     Ok(Arc::new(LayeredResolver::new(layers)))

@@ -38,7 +38,7 @@ use serde::Deserialize;
 use crate::endpoint::{Endpoint, EndpointKind, WorkloadKind};
 
 use super::ipmap::IpMap;
-use super::watched::{every, WatchedFile};
+use super::watched::{check_yaml_shape, every, WatchedFile};
 use super::{error_chain, EntryRef, IpPrefix, PrefixTable, ResolveError, Resolver};
 
 /// Name of the counter of rejected custom-endpoint files.
@@ -142,6 +142,7 @@ fn parse(text: &str, path: &Path) -> Result<CustomSet, ResolveError> {
     if text.trim().is_empty() {
         return Ok(CustomSet::default());
     }
+    check_yaml_shape(text, path, "custom endpoints")?;
     let raw: RawFile = serde_yaml::from_str(text).map_err(|source| ResolveError::Yaml {
         path: path.to_owned(),
         what: "custom endpoints",
@@ -325,8 +326,8 @@ impl CustomEndpoints {
         if let (Err(err), Some(source)) = (&result, &self.source) {
             metrics::counter!(REJECTED_COUNTER).increment(1);
             tracing::warn!(
-                path = %source.file.path().display(),
-                error = %error_chain(err),
+                path = ?source.file.path(),
+                error = ?error_chain(err),
                 kept = self.len(),
                 "Rejected custom endpoints file; keeping the previous set"
             );
@@ -346,7 +347,7 @@ impl CustomEndpoints {
             metrics::gauge!(LOADED_GAUGE).set(endpoints as f64);
             tracing::info!(
                 count = endpoints,
-                path = %path.display(),
+                path = ?path,
                 "Loaded custom endpoints"
             );
             Ok(ReloadOutcome::Loaded { endpoints })
@@ -363,9 +364,9 @@ impl CustomEndpoints {
         let Some(interval) = self.source.as_ref().map(|s| s.poll_interval) else {
             return;
         };
-        every(interval, || {
+        every(interval, self, "custom endpoints", |this| {
             // Errors are logged and counted inside; the old set stays.
-            let _ = self.reload();
+            let _ = this.reload();
         })
         .await;
     }
@@ -429,6 +430,23 @@ endpoints:
         match CustomEndpoints::from_yaml(text) {
             Ok(_) => panic!("expected {text:?} to be rejected"),
             Err(e) => error_chain(&e),
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let n = 100_000;
+        for text in [
+            format!("endpoints: {}{}", "[".repeat(n), "]".repeat(n)),
+            format!("endpoints: {}{}", "{a: ".repeat(n / 2), "}".repeat(n / 2)),
+        ] {
+            let e = err_of(&text);
+            assert!(
+                e.contains(
+                    "custom endpoints file rejected before parsing: nested deeper than 32 levels"
+                ),
+                "{e}"
+            );
         }
     }
 

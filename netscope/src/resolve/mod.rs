@@ -39,6 +39,7 @@ pub use custom::{CustomEndpoints, CustomEndpointsOptions, ReloadOutcome};
 pub use layered::LayeredResolver;
 pub use lpm::{IpPrefix, PrefixParseError, PrefixTable};
 pub use static_topo::{StaticResolver, StaticTopologyOptions};
+pub use watched::MAX_YAML_DEPTH;
 
 /// Maps an address, at the time it was observed, to an [`Endpoint`]. Reads
 /// an in-memory snapshot and never blocks on the network.
@@ -191,6 +192,32 @@ pub enum ResolveError {
         /// The YAML error, with its location.
         #[source]
         source: serde_yaml::Error,
+    },
+    /// The file nests collections deeper than [`MAX_YAML_DEPTH`] (or
+    /// breaks another bound of the linear-time pre-pass that runs before
+    /// the full parse, whose cost grows with the square of the depth).
+    #[error("{path}: {what} file rejected before parsing: nested deeper than {max_depth} levels")]
+    TooDeep {
+        /// The file (`<inline>` when parsed from a string).
+        path: PathBuf,
+        /// What kind of file was expected.
+        what: &'static str,
+        /// The limit.
+        max_depth: usize,
+        /// The pre-pass's finding, with its location.
+        #[source]
+        source: Box<serde_saphyr::Error>,
+    },
+    /// The file is not well-formed YAML, as found by the pre-pass.
+    #[error("{path}: not a valid {what} file")]
+    Malformed {
+        /// The file (`<inline>` when parsed from a string).
+        path: PathBuf,
+        /// What kind of file was expected.
+        what: &'static str,
+        /// The syntax error, with its location.
+        #[source]
+        source: Box<serde_saphyr::Error>,
     },
     /// A required field is absent or empty.
     #[error("{entry}: field `{field}` is missing or empty")]

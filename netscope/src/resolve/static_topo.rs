@@ -61,7 +61,7 @@ use serde::Deserialize;
 use crate::endpoint::{Endpoint, EndpointKind, WorkloadKind};
 
 use super::custom::ReloadOutcome;
-use super::watched::{every, WatchedFile};
+use super::watched::{check_yaml_shape, every, WatchedFile};
 use super::{
     error_chain, ClusterSnapshot, ClusterSnapshotBuilder, EntryRef, IpPrefix, ResolveError,
     Resolver,
@@ -213,6 +213,7 @@ fn parse(text: &str, path: &Path) -> Result<Parsed, ResolveError> {
             service_cidrs: Vec::new(),
         }
     } else {
+        check_yaml_shape(text, path, "static topology")?;
         serde_yaml::from_str(text).map_err(|source| ResolveError::Yaml {
             path: path.to_owned(),
             what: "static topology",
@@ -220,12 +221,20 @@ fn parse(text: &str, path: &Path) -> Result<Parsed, ResolveError> {
         })?
     };
     let empty: Arc<str> = Arc::from("");
-    let mut regions: HashMap<String, Arc<str>> = HashMap::new();
+    let mut regions: HashMap<String, (Arc<str>, EntryRef)> = HashMap::new();
     for (index, z) in raw.zones.into_iter().enumerate() {
         let entry = EntryRef::new("zones", index, z.name.as_deref());
         let name = required(z.name, &entry, "name")?;
+        if let Some((_, first)) = regions.get(&name) {
+            return Err(ResolveError::Duplicate {
+                entry: entry.clone(),
+                field: "name".to_owned(),
+                value: name,
+                first: Box::new(first.clone()),
+            });
+        }
         let region = required(z.region, &entry, "region")?;
-        regions.insert(name, Arc::from(region));
+        regions.insert(name, (Arc::from(region), entry));
     }
 
     let mut claims = Claims::default();
@@ -247,7 +256,7 @@ fn parse(text: &str, path: &Path) -> Result<Parsed, ResolveError> {
             .region
             .filter(|r| !r.trim().is_empty())
             .map(|r| Arc::from(r.trim()))
-            .or_else(|| regions.get(&zone).cloned())
+            .or_else(|| regions.get(&zone).map(|(r, _)| r.clone()))
             .unwrap_or_else(|| empty.clone());
         let ips = claims.parse(&entry, &n.ips)?;
         let name: Arc<str> = Arc::from(name);
@@ -442,7 +451,9 @@ impl History {
     fn prune(&mut self, now: SystemTime) -> usize {
         let before = self.ended.len();
         let grace = self.grace;
-        self.ended.retain(|c| c.until + grace > now);
+        // An end so far ahead that adding the grace overflows never expires.
+        self.ended
+            .retain(|c| c.until.checked_add(grace).is_none_or(|t| t > now));
         before - self.ended.len()
     }
 
@@ -588,8 +599,8 @@ impl StaticResolver {
         if let (Err(err), Some(source)) = (&result, &self.source) {
             metrics::counter!(REJECTED_COUNTER).increment(1);
             tracing::warn!(
-                path = %source.file.path().display(),
-                error = %error_chain(err),
+                path = ?source.file.path(),
+                error = ?error_chain(err),
                 kept_addresses = self.snapshot.load().address_count(),
                 "Rejected static topology file; keeping the previous topology"
             );
@@ -613,7 +624,7 @@ impl StaticResolver {
             metrics::counter!(LOADS_COUNTER).increment(1);
             history.record_gauges();
             tracing::info!(
-                path = %path.display(),
+                path = ?path,
                 pods,
                 addresses,
                 claims_started,
@@ -663,11 +674,11 @@ impl StaticResolver {
         let Some(interval) = self.source.as_ref().map(|s| s.poll_interval) else {
             return;
         };
-        every(interval, || {
+        every(interval, self, "static topology", |this| {
             let now = SystemTime::now();
             // Errors are logged and counted inside; the old snapshot stays.
-            let _ = self.reload_at(now);
-            self.expire_at(now);
+            let _ = this.reload_at(now);
+            this.expire_at(now);
         })
         .await;
     }
@@ -705,7 +716,7 @@ impl Resolver for StaticResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resolve::error_chain;
+    use crate::resolve::{error_chain, MAX_YAML_DEPTH};
 
     const TOPOLOGY: &str = r#"
 zones:
@@ -830,6 +841,77 @@ service_cidrs: [10.96.0.0/12]
         );
         let e = err_of("nodes:\n  - {name: a, zone: z}\n  - {name: a, zone: y}\n");
         assert!(e.contains("nodes[1] (a): field `name`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_zone_names_name_both_entries() {
+        let e = err_of(
+            "zones:\n  - {name: z1, region: r1}\n  - {name: z2, region: r1}\n  - {name: z1, region: r2}\n",
+        );
+        assert!(
+            e.contains("zones[2] (z1): field `name`: z1 is already claimed by zones[0] (z1)"),
+            "{e}"
+        );
+    }
+
+    /// 200 KB (and more) of nesting, flow and block, is refused by the
+    /// linear pre-pass; serde_yaml alone took seconds to minutes on it.
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let n = 100_000;
+        let deep = [
+            format!("pods: {}{}", "[".repeat(n), "]".repeat(n)),
+            format!("nodes: {}{}", "{a: ".repeat(n / 2), "}".repeat(n / 2)),
+            format!("{}{}", "[".repeat(n), "]".repeat(n)),
+            (0..200).map(|i| format!("{}- \n", " ".repeat(i))).collect(),
+            (0..200).map(|i| format!("{}a:\n", " ".repeat(i))).collect(),
+        ];
+        for text in &deep {
+            match StaticResolver::from_yaml(text) {
+                Err(ResolveError::TooDeep { max_depth, .. }) => {
+                    assert_eq!(max_depth, MAX_YAML_DEPTH);
+                }
+                Err(other) => panic!("refused, but not as too deep: {}", error_chain(&other)),
+                Ok(_) => panic!("accepted {} bytes of nesting", text.len()),
+            }
+            let e = err_of(text);
+            assert!(
+                e.contains(
+                    "static topology file rejected before parsing: nested deeper than 32 levels"
+                ),
+                "{e}"
+            );
+        }
+        // At the limit's edge a document is still parsed (and refused for
+        // its shape by serde_yaml, with serde_yaml's message).
+        let e = err_of(&format!("pods: {}{}", "[".repeat(20), "]".repeat(20)));
+        assert!(e.contains("not a valid static topology file"), "{e}");
+    }
+
+    #[test]
+    fn tombstone_grace_that_overflows_time_never_expires() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("topology.yaml");
+        let nodes = "nodes:\n  - {name: a, zone: z}\n";
+        std::fs::write(
+            &path,
+            format!("{nodes}pods:\n  - {{name: p, namespace: n, node: a, ips: [10.0.0.1]}}\n"),
+        )
+        .unwrap_or_else(|e| panic!("write: {e}"));
+        let r = StaticResolver::load(
+            &path,
+            StaticTopologyOptions {
+                tombstone_grace: Duration::MAX,
+                ..StaticTopologyOptions::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        crate::resolve::watched::testing::write(&path, nodes);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        // Before: `until + grace` panicked on overflow here.
+        assert!(r.reload_at(now).is_ok());
+        assert!(!r.expire_at(now + Duration::from_secs(3600 * 24 * 365)));
+        assert_eq!(&*r.resolve(ip("10.0.0.1"), now).name, "p");
     }
 
     #[test]

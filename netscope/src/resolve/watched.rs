@@ -129,19 +129,86 @@ impl WatchedFile {
     }
 }
 
+/// Deepest nesting of collections accepted in a topology or custom
+/// endpoints file (a topology needs 4: document, `pods`, a pod, its `ips`).
+pub const MAX_YAML_DEPTH: usize = 32;
+
+/// Checks the shape of a YAML document in time linear in its size before
+/// serde_yaml parses it: libyaml's scanner spends time proportional to the
+/// flow nesting depth on every token, so a 200 KB `[[[[…` took tens of
+/// seconds. Refuses nesting deeper than [`MAX_YAML_DEPTH`] (block or flow)
+/// and text that is not well-formed YAML. Events, nodes and scalar bytes
+/// are bounded by the file size limit checked before.
+///
+/// # Errors
+///
+/// [`ResolveError::TooDeep`] or [`ResolveError::Malformed`], naming `path`.
+pub(super) fn check_yaml_shape(
+    text: &str,
+    path: &Path,
+    what: &'static str,
+) -> Result<(), ResolveError> {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_YAML_DEPTH;
+    budget.flow_nesting_limit = MAX_YAML_DEPTH;
+    // The size limit bounds these; a 16 MiB topology has millions of events.
+    budget.max_events = usize::MAX;
+    budget.max_nodes = usize::MAX;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    // The error names the line and column; no snippet of the (untrusted)
+    // file in log lines.
+    options.with_snippet = false;
+    match serde_saphyr::from_str_with_options::<serde::de::IgnoredAny>(text, options) {
+        Ok(_) => Ok(()),
+        Err(source) => {
+            let too_deep = matches!(source, serde_saphyr::Error::Budget { .. }) || {
+                let text = source.to_string();
+                text.contains("recursion limit exceeded") || text.contains("budget breached")
+            };
+            if too_deep {
+                Err(ResolveError::TooDeep {
+                    path: path.to_owned(),
+                    what,
+                    max_depth: MAX_YAML_DEPTH,
+                    source: Box::new(source),
+                })
+            } else {
+                Err(ResolveError::Malformed {
+                    path: path.to_owned(),
+                    what,
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+}
+
 /// The shortest poll interval: a zero one would spin (and Tokio's
 /// interval timer refuses it).
 pub(super) const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Calls `tick` every `interval` (at least [`MIN_POLL_INTERVAL`]), the
-/// first time at once, until dropped. A late tick delays the next ones
-/// rather than bunching them.
-pub(super) async fn every(interval: Duration, mut tick: impl FnMut()) {
+/// Calls `tick(&state)` every `interval` (at least [`MIN_POLL_INTERVAL`]),
+/// the first time at once, on Tokio's blocking pool: reading and parsing a
+/// file never holds up the async workers that answer probes. A late tick
+/// delays the next ones rather than bunching them. Runs until dropped, or
+/// until a tick panics: then it logs and returns, so that whoever
+/// supervises the task sees it end.
+pub(super) async fn every<S: Send + Sync + 'static>(
+    interval: Duration,
+    state: std::sync::Arc<S>,
+    what: &'static str,
+    tick: fn(&S),
+) {
     let mut ticker = tokio::time::interval(interval.max(MIN_POLL_INTERVAL));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        tick();
+        let state = state.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || tick(&state)).await {
+            tracing::error!(what, error = ?e, "file watch stopped: a reload panicked");
+            return;
+        }
     }
 }
 

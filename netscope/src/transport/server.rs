@@ -192,6 +192,9 @@ pub struct HttpEndpoints {
     pub metrics: Option<MetricsRender>,
     /// `/readyz` answers 200 once this is true, 503 before.
     pub ready: Arc<AtomicBool>,
+    /// `/healthz` answers 503 once this is set and false (a supervised
+    /// part of the process stopped); `None`: always 200.
+    pub live: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for HttpEndpoints {
@@ -603,6 +606,7 @@ pub fn http_router(http_endpoints: HttpEndpoints) -> axum::Router {
 
     let metrics = http_endpoints.metrics.clone();
     let ready = http_endpoints.ready.clone();
+    let live = http_endpoints.live.clone();
     axum::Router::new()
         .route(
             "/metrics",
@@ -616,7 +620,22 @@ pub fn http_router(http_endpoints: HttpEndpoints) -> axum::Router {
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let live = live.as_ref().is_none_or(|l| l.load(Ordering::Acquire));
+                async move {
+                    if live {
+                        (StatusCode::OK, "ok\n")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "a supervised task stopped\n",
+                        )
+                    }
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

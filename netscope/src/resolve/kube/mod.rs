@@ -235,7 +235,7 @@ async fn service_cidr_api_served(api: Api<ServiceCIDR>) -> bool {
             Err(err) => {
                 metrics::counter!(WATCH_ERRORS_COUNTER, "resource" => Kind::ServiceCidr.as_str())
                     .increment(1);
-                tracing::warn!(error = %error_chain(&err), "Probing the ServiceCIDR API failed; retrying");
+                tracing::warn!(error = ?error_chain(&err), "Probing the ServiceCIDR API failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
@@ -329,7 +329,7 @@ fn log_watch_error(kind: Kind, err: &watcher::Error) {
         }
         _ => tracing::warn!(
             resource = kind.as_str(),
-            error = %error_chain(err),
+            error = ?error_chain(err),
             "Kubernetes watch failed; retrying with backoff"
         ),
     }

@@ -622,7 +622,7 @@ impl KubeIndex {
                 .filter_map(|t| match t.parse::<IpPrefix>() {
                     Ok(p) => Some(p),
                     Err(e) => {
-                        tracing::debug!(cidr = %t, error = %e, "ignoring a malformed ServiceCIDR");
+                        tracing::debug!(cidr = ?t, error = ?e, "ignoring a malformed ServiceCIDR");
                         None
                     }
                 })
@@ -663,7 +663,9 @@ impl KubeIndex {
     fn prune(&mut self, now: SystemTime) -> usize {
         let grace = self.config.tombstone_grace;
         let before = self.tombstones.len();
-        self.tombstones.retain(|t| t.until + grace > now);
+        // An end so far ahead that adding the grace overflows never expires.
+        self.tombstones
+            .retain(|t| t.until.checked_add(grace).is_none_or(|e| e > now));
         before - self.tombstones.len()
     }
 
@@ -675,7 +677,8 @@ impl KubeIndex {
             .iter()
             .map(|t| t.until)
             .chain(self.pods.values().filter_map(|p| p.ended))
-            .map(|t| t + grace)
+            // None (overflow): never expires, nothing to wait for.
+            .filter_map(|t| t.checked_add(grace))
             .filter(|t| *t > now)
             .min()
     }
@@ -693,7 +696,10 @@ impl KubeIndex {
                 for ip in pod.ips.iter() {
                     b.node_ip(*ip, node.clone());
                 }
-            } else if pod.ended.is_none_or(|end| end + grace > now) {
+            } else if pod
+                .ended
+                .is_none_or(|end| end.checked_add(grace).is_none_or(|e| e > now))
+            {
                 for ip in pod.ips.iter() {
                     b.pod_ip(*ip, pod.endpoint.clone(), pod.since, pod.ended);
                 }

@@ -483,3 +483,21 @@ fn unchanged_updates_do_not_dirty_the_index() {
     s.apply_pod(Event::Apply(p), at(2));
     assert!(!s.is_dirty(), "a status heartbeat with the same facts");
 }
+
+/// A tombstone grace so long that `end + grace` overflows `SystemTime`
+/// (an unchecked addition panicked the driver): the claim never expires.
+#[test]
+fn grace_that_overflows_time_never_expires() {
+    let mut s = state(u64::MAX);
+    let mut job = base("report-1-abcde", "node-a", &["10.0.3.3"], 0);
+    job.owner = Some(("Job", "report-1"));
+    s.apply_pod(Event::Apply(pod(&job)), at(5));
+    job.phase = "Succeeded";
+    s.apply_pod(Event::Apply(pod(&job)), at(100));
+    s.apply_pod(Event::Delete(pod(&job)), at(110));
+    for t in [at(150), at(100_000_000)] {
+        let (snap, _) = s.snapshot(t);
+        assert_eq!(who(&snap, "10.0.3.3", at(90)).1, "report-1-abcde");
+        assert_eq!(s.next_expiry(t), None, "nothing expires within time");
+    }
+}
