@@ -264,7 +264,7 @@ def main():
     if "--markdown" in sys.argv:
         print("| Panel | What it answers |\n| --- | --- |")
         for _, title, answers, exact in PANELS:
-            print(f"| {title} | {answers}{' (checked exactly against the demo)' if exact else ''} |")
+            print(f"| {title} | {answers}{' Checked exactly against the demo.' if exact else ''} |")
         return 0
     problems, n = validate(text)
     if "--check" in sys.argv:
