@@ -229,6 +229,10 @@ impl Pricing {
     /// dollars per GB (10^9 bytes), so that PromQL can price any byte counter
     /// (cost per namespace or workload) without hard-coding the price.
     pub fn record_gauges(&self) {
+        metrics::describe_gauge!(
+            PRICE_GAUGE,
+            "Configured price of cross-zone transfer in dollars per GB (10^9 bytes), by billing side."
+        );
         for side in BillingSide::BOTH {
             metrics::gauge!(PRICE_GAUGE, "side" => side.as_str())
                 .set(self.side(side).dollars_per_gb());
