@@ -7,7 +7,7 @@ CARGO ?= cargo
 DURATION ?= 60s
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-unit test-kernel test-vm test-kernel61 test-helm bench demo lint fmt clean
+.PHONY: all deps build test test-unit test-kernel test-vm test-kernel61 test-helm test-images images docker bench demo lint fmt clean
 
 all: build
 
@@ -25,6 +25,7 @@ test: deps
 	$(CARGO) test --workspace --no-fail-fast -- --skip vm_kernel_
 	$(CARGO) test -p netscope --no-default-features
 	@$(MAKE) --no-print-directory test-helm
+	@$(MAKE) --no-print-directory test-images
 	@$(MAKE) --no-print-directory test-vm
 
 # Debian's stock Linux 5.10, 6.1 and 6.12 booted in qemu under TCG, one
@@ -52,6 +53,28 @@ test-kernel61: test-vm
 test-helm: deps
 	$(CARGO) build -p netscope-agent -p netscope-aggregator
 	bash scripts/helm-test.sh
+
+# The container images (scripts/images.sh), with podman from Debian's
+# packages and no registry: docker/*.Dockerfile's runtime stage (FROM
+# scratch) around the release binaries, tagged localhost/netscope-*:VERSION.
+# REGISTRY=host/path also tags them REGISTRY/netscope-{agent,aggregator}:VERSION
+# and pushes them there.
+images: deps
+	bash scripts/images.sh build
+
+# The seed project's name for it.
+docker: images
+
+# The images in the simulated cluster (scripts/images.sh test): built again
+# from the debug binaries (tag :test), the agent image in every node
+# namespace with exactly the chart's capabilities, the aggregator image on
+# the underlay, and the demo's exactness check, a real Prometheus and the
+# Grafana dashboard's every query through them; nothing may be left and the
+# root namespace must be unchanged. About a minute. Needs test-helm's tools.
+test-images: deps
+	$(CARGO) build -p netscope-agent -p netscope-aggregator
+	$(CARGO) build -p netscope-examples --example demo
+	bash scripts/images.sh test
 
 # Library tests only: no root, no clang needed.
 test-unit:

@@ -26,6 +26,9 @@ use netscope::Counters;
 use netscope_bpf::testing::netns::{self, NetNs};
 use netscope_bpf::testing::sim::{self, Cluster, PodMove, Reference, Traffic, AGGREGATOR_IP};
 
+mod demo_deploy;
+use demo_deploy::Launch;
+
 #[derive(Debug, Parser)]
 #[command(
     about = "netscope demo: a simulated three-zone cluster measured by the real agents and aggregator"
@@ -78,6 +81,31 @@ struct Args {
     /// Where the binaries are (default: next to this one, then target/{release,debug}).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Run the agents from this container image (make images) instead of
+    /// the binary, each in its node's namespace with `--agent-caps` only.
+    #[arg(long, conflicts_with = "restarts")]
+    agent_image: Option<String>,
+    /// Run the aggregator from this container image, as the chart's
+    /// non-root user without capabilities.
+    #[arg(long, conflicts_with = "restarts")]
+    aggregator_image: Option<String>,
+    /// The container engine for the images (podman: it joins an existing
+    /// network namespace without a daemon, bridge or iptables rule).
+    #[arg(long, default_value = "podman")]
+    engine: String,
+    /// The capabilities the agent container gets (the chart's
+    /// agent.capabilities).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "BPF,NET_ADMIN,PERFMON,SYS_RESOURCE"
+    )]
+    agent_caps: Vec<String>,
+    /// Also scrape the agents, and after the run run every query of this
+    /// Grafana dashboard JSON through the Prometheus (--prometheus), and
+    /// compare its exact panels with what the demo computed.
+    #[arg(long, requires = "prometheus")]
+    check_dashboard: Option<PathBuf>,
 }
 
 /// A child process killed (and reaped) on drop.
@@ -120,20 +148,16 @@ impl Drop for Proc {
     }
 }
 
-fn spawn_in(ns: &NetNs, name: &str, bin: &Path, args: &[String], dir: &Path) -> Result<Proc> {
+fn spawn_in(ns: &NetNs, name: &str, bin: &Launch, args: &[String], dir: &Path) -> Result<Proc> {
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log)?;
-    let child = Command::new("nsenter")
-        .arg(format!("--net={}", ns.path()))
-        .arg("--")
-        .arg(bin)
-        .args(args)
-        .env("RUST_LOG", "info")
+    let child = bin
+        .command(&ns.path(), &format!("{}-{name}", ns.name()), args)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
+        .with_context(|| format!("starting {bin:?}"))?;
     Ok(Proc {
         name: name.to_string(),
         child,
@@ -404,9 +428,24 @@ fn main() -> Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, interrupted.clone())?;
     }
-    let agent_bin = find_bin(&args, "netscope-agent")?;
-    let agg_bin = find_bin(&args, "netscope-aggregator")?;
     let dir = std::env::temp_dir().join(format!("netscope-demo-{}", std::process::id()));
+    let image = |image: &Option<String>, caps: Option<Vec<String>>, bin: &str| -> Result<Launch> {
+        Ok(match image {
+            Some(image) => Launch::Image {
+                engine: args.engine.clone(),
+                image: image.clone(),
+                caps,
+                dir: dir.clone(),
+            },
+            None => Launch::Bin(find_bin(&args, bin)?),
+        })
+    };
+    let agent_bin = image(
+        &args.agent_image,
+        Some(args.agent_caps.clone()),
+        "netscope-agent",
+    )?;
+    let agg_bin = image(&args.aggregator_image, None, "netscope-aggregator")?;
     std::fs::create_dir_all(&dir)?;
     let result = run(&args, &agent_bin, &agg_bin, &dir, &interrupted);
     let _ = std::fs::remove_dir_all(&dir);
@@ -424,8 +463,8 @@ unsafe extern "C" {
 
 fn run(
     args: &Args,
-    agent_bin: &Path,
-    agg_bin: &Path,
+    agent_bin: &Launch,
+    agg_bin: &Launch,
     dir: &Path,
     interrupted: &Arc<AtomicBool>,
 ) -> Result<()> {
@@ -474,8 +513,31 @@ fn run(
         listen,
         stop_proxy.clone(),
     )?;
+    // With --check-dashboard, Prometheus scrapes the agents' debug ports
+    // too, forwarded from each node's namespace.
+    let mut agent_targets = Vec::new();
+    if args.check_dashboard.is_some() {
+        for (i, n) in cluster.nodes.iter().enumerate() {
+            let l = SocketAddr::new(
+                args.metrics_addr.ip(),
+                args.metrics_addr.port() + 100 + i as u16,
+            );
+            proxy(
+                l,
+                n.ns.path(),
+                "127.0.0.1:6060".parse()?,
+                stop_proxy.clone(),
+            )?;
+            agent_targets.push(l);
+        }
+    }
     let _prometheus = match args.prometheus {
-        Some(addr) => Some(start_prometheus(addr, args.metrics_addr, dir)?),
+        Some(addr) => Some(start_prometheus(
+            addr,
+            args.metrics_addr,
+            &agent_targets,
+            dir,
+        )?),
         None => None,
     };
     let mut agents = cluster
@@ -656,6 +718,9 @@ fn run(
         // Prometheus holds the counters the aggregator exports now (since
         // its restart, if any).
         failed |= !prometheus_queries(addr, &last, args.verify)?;
+        if let Some(path) = &args.check_dashboard {
+            failed |= !demo_deploy::check_dashboard(addr, path, &last, elapsed)?;
+        }
     }
     if args.verify {
         failed |= !verify(
@@ -1082,7 +1147,12 @@ fn verify_move(
     ok
 }
 
-fn start_prometheus(addr: SocketAddr, target: SocketAddr, dir: &Path) -> Result<Proc> {
+fn start_prometheus(
+    addr: SocketAddr,
+    target: SocketAddr,
+    agents: &[SocketAddr],
+    dir: &Path,
+) -> Result<Proc> {
     let bin = Path::new("/usr/bin/prometheus");
     if !bin.is_file() {
         bail!(
@@ -1092,10 +1162,15 @@ fn start_prometheus(addr: SocketAddr, target: SocketAddr, dir: &Path) -> Result<
     let data = dir.join("prometheus-data");
     std::fs::create_dir_all(&data)?;
     let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: netscope-aggregator\n    static_configs:\n      - targets: ['{target}']\n"),
-    )?;
+    let mut yml = format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: netscope-aggregator\n    static_configs:\n      - targets: ['{target}']\n");
+    if !agents.is_empty() {
+        let t: Vec<String> = agents.iter().map(|a| format!("'{a}'")).collect();
+        yml += &format!(
+            "  - job_name: netscope-agent\n    static_configs:\n      - targets: [{}]\n",
+            t.join(", ")
+        );
+    }
+    std::fs::write(&config, yml)?;
     let log = dir.join("prometheus.log");
     let out = std::fs::File::create(&log)?;
     let child = Command::new(bin)

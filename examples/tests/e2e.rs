@@ -14,7 +14,10 @@
 //! deleted and re-created under a new name, with the same IP, on a node in
 //! another zone: the bytes before the move belong to the old pod and its
 //! zone, those after to the new pod and its zone, each equal to the
-//! reference. Runs in TCX and legacy-TC mode.
+//! reference. Runs in TCX and legacy-TC mode. In TCX mode Prometheus also
+//! scrapes the agents, and every query of the chart's Grafana dashboard
+//! (charts/netscope/dashboards/netscope.json) must return data, its zone
+//! matrix and cost panels equal to what the demo computed.
 //! Needs root; removes everything it makes.
 
 use std::path::PathBuf;
@@ -33,7 +36,12 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16) {
+/// The chart's Grafana dashboard.
+fn dashboard() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/netscope/dashboards/netscope.json")
+}
+
+fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16, check_dashboard: bool) {
     let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = target_dir();
     let demo = dir.join("examples/demo");
@@ -64,6 +72,14 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16) {
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .args(["--prometheus", &format!("127.0.0.1:{prom_port}")])
         .args(["--bin-dir", &dir.to_string_lossy()])
+        .args(if check_dashboard {
+            vec![
+                "--check-dashboard".to_string(),
+                dashboard().display().to_string(),
+            ]
+        } else {
+            vec![]
+        })
         .output()
         .expect("running the demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -116,6 +132,16 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16) {
         stdout.contains("rds-primary"),
         "external endpoint traffic missing:\n{stdout}"
     );
+    if check_dashboard {
+        assert!(
+            stdout.contains("every one with data: true")
+                && stdout.contains("cells equal what the demo computed (zone_matrix)")
+                && stdout.contains("cells equal what the demo computed (cost_by_side)")
+                && !stdout.contains("MISMATCH")
+                && !stdout.contains("NO DATA"),
+            "the dashboard check failed:\n{stdout}"
+        );
+    }
     // Nothing left behind.
     let ns = Command::new("ip")
         .args(["netns", "list"])
@@ -127,10 +153,10 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16) {
 
 #[test]
 fn e2e_simulated_cluster_tcx() {
-    run_demo("tcx", "netscope-test-e2ex", 19464, 19090);
+    run_demo("tcx", "netscope-test-e2ex", 19464, 19090, true);
 }
 
 #[test]
 fn e2e_simulated_cluster_legacy_tc() {
-    run_demo("tc", "netscope-test-e2et", 19465, 19091);
+    run_demo("tc", "netscope-test-e2et", 19465, 19091, false);
 }

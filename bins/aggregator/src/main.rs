@@ -169,6 +169,7 @@ async fn main() -> Result<()> {
         receiving: Price::per_gb(args.price_per_gb_receiving)
             .context("--price-per-gb-receiving")?,
     };
+    pricing.record_gauges();
     let limits = CardinalityLimits {
         pod_pairs: args.max_pod_pairs,
         workload_pairs: args.max_workload_pairs,

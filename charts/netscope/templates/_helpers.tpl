@@ -81,9 +81,56 @@ app.kubernetes.io/component: aggregator
 {{- end -}}
 {{- end -}}
 
-{{/* image: repository:tag, the tag defaulting to the chart's appVersion. */}}
+{{/*
+image: repository:tag, the tag defaulting to the chart's appVersion, or
+repository@digest when image.digest is set. global.imageRegistry replaces
+the repository's registry host (its first path element when that has a dot
+or a colon, or is "localhost"), or is prefixed when it has none.
+*/}}
 {{- define "netscope.image" -}}
-{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag | toString) -}}
+{{- $repo := .image.repository -}}
+{{- with .root.Values.global.imageRegistry -}}
+{{- $parts := splitList "/" $repo -}}
+{{- $first := first $parts -}}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- $repo = join "/" (rest $parts) -}}
+{{- end -}}
+{{- $repo = printf "%s/%s" (trimSuffix "/" .) $repo -}}
+{{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repo .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .root.Chart.AppVersion .image.tag | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "netscope.agent.serviceAccountName" -}}
+{{- if .Values.agent.serviceAccount.create -}}
+{{- default (include "netscope.agent.fullname" .) .Values.agent.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.agent.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The agent's --debug-addr: ADDRESS:PORT, an IPv6 address in brackets. */}}
+{{- define "netscope.agent.debugAddr" -}}
+{{- $a := .Values.agent.debugAddress -}}
+{{- if contains ":" $a -}}
+{{- printf "[%s]:%d" (trimAll "[]" $a) (int .Values.agent.debugPort) -}}
+{{- else -}}
+{{- printf "%s:%d" $a (int .Values.agent.debugPort) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* PromQL matchers of the agents' and the aggregator's series, for the rules. */}}
+{{- define "netscope.rules.agentSelector" -}}
+{{- default (printf "job=\"%s/%s\"" .Release.Namespace (include "netscope.agent.fullname" .)) .Values.prometheusRule.agentSelector -}}
+{{- end -}}
+{{- define "netscope.rules.aggregatorSelector" -}}
+{{- default (printf "job=\"%s\"" (include "netscope.aggregator.fullname" .)) .Values.prometheusRule.aggregatorSelector -}}
+{{- end -}}
+{{- define "netscope.rules.daemonSetSelector" -}}
+{{- default (printf "daemonset=\"%s\",namespace=\"%s\"" (include "netscope.agent.fullname" .) .Release.Namespace) .Values.prometheusRule.daemonSetSelector -}}
 {{- end -}}
 
 {{/* The aggregator Service's in-cluster DNS name. */}}

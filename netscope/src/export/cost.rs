@@ -224,7 +224,24 @@ impl Pricing {
             BillingSide::Receiving => self.receiving,
         }
     }
+
+    /// Publishes each side's price as the gauge [`PRICE_GAUGE`]`{side}`, in
+    /// dollars per GB (10^9 bytes), so that PromQL can price any byte counter
+    /// (cost per namespace or workload) without hard-coding the price.
+    pub fn record_gauges(&self) {
+        metrics::describe_gauge!(
+            PRICE_GAUGE,
+            "Configured price of cross-zone transfer in dollars per GB (10^9 bytes), by billing side."
+        );
+        for side in BillingSide::BOTH {
+            metrics::gauge!(PRICE_GAUGE, "side" => side.as_str())
+                .set(self.side(side).dollars_per_gb());
+        }
+    }
 }
+
+/// The gauge [`Pricing::record_gauges`] sets: dollars per GB by `side`.
+pub const PRICE_GAUGE: &str = "netscope_cross_zone_price_dollars_per_gb";
 
 impl Default for Pricing {
     /// [`Pricing::AWS_INTER_AZ`].
@@ -298,6 +315,44 @@ impl CostMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn price_gauges_carry_each_side_in_dollars_per_gb() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let pricing = Pricing {
+            sending: Price::per_gb(0.02).unwrap_or_else(|e| panic!("{e}")),
+            receiving: Price::per_gb(0.0).unwrap_or_else(|e| panic!("{e}")),
+        };
+        metrics::with_local_recorder(&recorder, || pricing.record_gauges());
+        let mut got: Vec<(String, f64)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let key = key.key();
+                assert_eq!(key.name(), PRICE_GAUGE);
+                let side = key
+                    .labels()
+                    .find(|l| l.key() == "side")
+                    .map(|l| l.value().to_string())
+                    .unwrap_or_else(|| panic!("no side label on {key:?}"));
+                match value {
+                    DebugValue::Gauge(v) => (side, v.into_inner()),
+                    other => panic!("{PRICE_GAUGE} is not a gauge: {other:?}"),
+                }
+            })
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            vec![
+                ("receiving".to_string(), 0.0),
+                ("sending".to_string(), 0.02)
+            ]
+        );
+    }
 
     #[test]
     fn aws_default_is_one_cent_per_gb_each_side() {

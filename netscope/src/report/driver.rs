@@ -171,6 +171,18 @@ impl Reporter {
             instance = %buffer.instance(),
             "reporter started with a fresh instance id"
         );
+        // Counters that only move when something goes wrong, exported at
+        // zero from the start: a dashboard panel or an alert on them then
+        // has a series (rate() of a missing series is no data, not zero).
+        for name in [
+            "netscope_agent_overflow_bytes_total",
+            "netscope_agent_overflow_packets_total",
+            "netscope_agent_reports_failed_total",
+            "netscope_agent_reports_rejected_total",
+            "netscope_agent_drain_errors_total",
+        ] {
+            metrics::counter!(name).increment(0);
+        }
         Reporter {
             config,
             collector,
