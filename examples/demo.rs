@@ -599,6 +599,11 @@ fn run(
                 .context("starting the malformed-frame sender")?;
         }
     }
+    let impersonation_refused = if args.hostile {
+        Some(impersonate_node(&cluster, listen, args.metrics_addr)?)
+    } else {
+        None
+    };
     let mut next_progress = t0 + Duration::from_secs(5);
     let (agent_restart_at, agg_restart_at) = (t0 + args.duration / 3, t0 + args.duration * 2 / 3);
     let (mut agent_restarted, mut agg_restarted) = (!args.restarts, !args.restarts);
@@ -713,7 +718,7 @@ fn run(
     let samples = merge(last.clone(), before_agg_restart);
     report(&samples, elapsed, &exchanges);
 
-    let mut failed = false;
+    let mut failed = args.verify && impersonation_refused == Some(false);
     if let Some(addr) = args.prometheus {
         // Prometheus holds the counters the aggregator exports now (since
         // its restart, if any).
@@ -769,6 +774,55 @@ fn run(
     drop(aggregator);
     drop(cluster);
     Ok(())
+}
+
+/// From the external database's host (on the underlay, not a node), sends
+/// a report in node-1's name that claims traffic from node-1's `web` pod to
+/// the database (hostile_report --kind impersonate). If it were counted, a
+/// `web -> rds-primary` series would appear that nftables never saw. True
+/// when the aggregator refused it and counted the refusal.
+fn impersonate_node(c: &Cluster, aggregator: SocketAddr, metrics: SocketAddr) -> Result<bool> {
+    let bin = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("hostile_report"))
+        .filter(|p| p.is_file())
+        .context("hostile_report not found next to the demo: cargo build -p netscope-examples --example hostile_report")?;
+    let refusals = |s: &[Sample]| -> f64 {
+        s.iter()
+            .filter(|(n, l, _)| {
+                n == "netscope_aggregator_rejected_reports_total"
+                    && l.get("reason").map(String::as_str) == Some("not_the_node")
+            })
+            .map(|s| s.2)
+            .sum()
+    };
+    let before = refusals(&scrape(metrics)?);
+    let node = &c.nodes[0];
+    let web = c.pods[pod_index(c, "web", 0)].v4;
+    let out = c.ext.exec(&[
+        &bin.to_string_lossy(),
+        "--addr",
+        &aggregator.to_string(),
+        "--node",
+        &node.name,
+        "--kind",
+        "impersonate",
+        "--pod-ip",
+        &web.to_string(),
+        "--remote-ip",
+        &sim::EXTERNAL_IP.to_string(),
+    ])?;
+    let after = refusals(&scrape(metrics)?);
+    let refused = out.contains("PermissionDenied") && after == before + 1.0;
+    println!(
+        "  hostile: {} (underlay, not a node) reported for {}: {}; rejected_reports_total{{reason=\"not_the_node\"}} {} -> {}",
+        sim::EXTERNAL_IP,
+        node.name,
+        out.trim(),
+        before as u64,
+        after as u64
+    );
+    Ok(refused)
 }
 
 /// Index of the pod of `workload` on node index `node`.
