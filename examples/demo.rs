@@ -518,10 +518,14 @@ fn run(
     let mut agent_targets = Vec::new();
     if args.check_dashboard.is_some() {
         for (i, n) in cluster.nodes.iter().enumerate() {
-            let l = SocketAddr::new(
-                args.metrics_addr.ip(),
-                args.metrics_addr.port() + 100 + i as u16,
-            );
+            let port = args
+                .metrics_addr
+                .port()
+                .checked_add(100 + i as u16)
+                .context(
+                    "--metrics-addr's port + 106 (the agents' forwarded ports) is over 65535",
+                )?;
+            let l = SocketAddr::new(args.metrics_addr.ip(), port);
             proxy(
                 l,
                 n.ns.path(),
