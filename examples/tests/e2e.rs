@@ -14,7 +14,10 @@
 //! deleted and re-created under a new name, with the same IP, on a node in
 //! another zone: the bytes before the move belong to the old pod and its
 //! zone, those after to the new pod and its zone, each equal to the
-//! reference. Runs in TCX and legacy-TC mode. In TCX mode Prometheus also
+//! reference. Throughout (`--hostile`), two pods send IPv4 frames whose
+//! total length is below their header length, and a host on the underlay
+//! reports in node-1's name: neither may change a count. Runs in TCX and
+//! legacy-TC mode. In TCX mode Prometheus also
 //! scrapes the agents, and every query of the chart's Grafana dashboard
 //! (charts/netscope/dashboards/netscope.json) must return data, its zone
 //! matrix and cost panels equal to what the demo computed.
@@ -49,6 +52,7 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16, check_d
         demo.clone(),
         dir.join("netscope-agent"),
         dir.join("netscope-aggregator"),
+        dir.join("examples/hostile_report"),
     ] {
         assert!(
             bin.is_file(),
@@ -63,6 +67,7 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16, check_d
             "--verify",
             "--restarts",
             "--move-pod",
+            "--hostile",
             "--exit",
             "--attach-mode",
             mode,
@@ -142,6 +147,21 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16, check_d
             "the dashboard check failed:\n{stdout}"
         );
     }
+    // The hostile inputs really ran: malformed frames went out, and the
+    // impersonating report was refused and counted (verify above proves
+    // that neither changed a count).
+    let frames = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("malformed IPv4 (hostile)"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(frames > 0, "no malformed frame was sent:\n{stdout}");
+    assert!(
+        stdout.contains("reported for node-1: status: PermissionDenied")
+            && stdout.contains("not_the_node\"} 0 -> 1"),
+        "the impersonating report was not refused and counted:\n{stdout}"
+    );
     // Nothing left behind.
     let ns = Command::new("ip")
         .args(["netns", "list"])
