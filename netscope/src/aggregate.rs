@@ -35,6 +35,14 @@ fn outside_cluster(ep: &Endpoint) -> bool {
     matches!(ep.kind, EndpointKind::External | EndpointKind::Custom)
 }
 
+/// True when `ip` was a pod on `node` at the start of `report`'s window: a
+/// pod that moved to another node during the window was still observed by
+/// its old node (the sample keeps the attribution of the window's end).
+fn on_node_at_start(resolver: &dyn Resolver, ip: IpAddr, report: &Report, node: &str) -> bool {
+    let ep = resolver.resolve(ip, report.window_start);
+    ep.kind == EndpointKind::Pod && &*ep.node == node
+}
+
 /// Which observation of a flow from `src` to `dst` is counted (DESIGN.md §4).
 pub fn counted_direction(src: &Endpoint, dst: &Endpoint, resolver: &dyn Resolver) -> Direction {
     if dst.kind == EndpointKind::Pod
@@ -514,7 +522,7 @@ impl Aggregator {
     /// embedders: applies the counting rule, and drops observations that
     /// the reporting node cannot have made (a `ToPod` sample whose
     /// destination, or a `FromPod` sample whose source, is a pod on another
-    /// node, as of the window's end).
+    /// node at both the window's end and its start).
     pub fn resolve_counts(&self, report: &Report, out: &mut Vec<ResolvedFlow>) -> ResolveCounts {
         let resolver = &*self.resolver;
         let at = report.window_end;
@@ -532,7 +540,10 @@ impl Aggregator {
                 counts.other_view += 1;
                 continue;
             }
-            if s.key.direction == Direction::ToPod && &*dst.node != node {
+            if s.key.direction == Direction::ToPod
+                && &*dst.node != node
+                && !on_node_at_start(resolver, s.key.dst, report, node)
+            {
                 counts.wrong_node += 1;
                 continue;
             }
@@ -540,6 +551,7 @@ impl Aggregator {
             if s.key.direction == Direction::FromPod
                 && src.kind == EndpointKind::Pod
                 && &*src.node != node
+                && !on_node_at_start(resolver, s.key.src, report, node)
             {
                 counts.wrong_node += 1;
                 continue;
