@@ -111,8 +111,9 @@ async fn watcher_picks_up_changes_keeps_good_set_and_logs() {
     assert!(text.contains("Loaded custom endpoints count=1"), "{text}");
     assert!(
         text.contains("Rejected custom endpoints file")
-            && text
-                .contains("endpoints[0] (broken): field `ips[0]`: \"nope\" is not an IP address"),
+            && text.contains(
+                r#"endpoints[0] (broken): field `ips[0]`: \"nope\" is not an IP address"#
+            ),
         "{text}"
     );
     assert_eq!(

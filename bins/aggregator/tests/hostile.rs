@@ -17,7 +17,7 @@ use netscope::{Counters, Direction, FlowKey, FlowSample, InstanceId, Report};
 const BIN: &str = env!("CARGO_BIN_EXE_netscope-aggregator");
 
 /// A valid topology: one node, one pod.
-const TOPOLOGY: &str = "zones:\n  - {name: zone-1, region: r1}\nnodes:\n  - {name: node-a, zone: zone-1, ips: [192.168.0.1]}\npods:\n  - {name: a1, namespace: default, node: node-a, ips: [10.0.1.1]}\n";
+const TOPOLOGY: &str = "zones:\n  - {name: zone-1, region: r1}\nnodes:\n  - {name: node-a, zone: zone-1, ips: [192.168.0.1, 127.0.0.1]}\npods:\n  - {name: a1, namespace: default, node: node-a, ips: [10.0.1.1]}\n";
 
 /// 200 KB of nested flow sequences: serde_yaml alone spent tens of seconds
 /// on it (quadratic in the depth), on the async workers.
