@@ -7,7 +7,7 @@ say() { printf 'deps: %s\n' "$*"; }
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(uname -s)" = Linux ] || die "netscope needs Linux (found $(uname -s))."
-command -v apt-get >/dev/null 2>&1 || die "no apt-get: only Debian and Ubuntu are supported by 'make deps'. Install by hand: clang libelf-dev zlib1g-dev pkg-config iproute2 nftables ethtool conntrack iputils-ping prometheus qemu-system-x86 busybox-static cpio binutils npm unzip python3-venv openssl."
+command -v apt-get >/dev/null 2>&1 || die "no apt-get: only Debian and Ubuntu are supported by 'make deps'. Install by hand: clang libelf-dev zlib1g-dev pkg-config iproute2 nftables ethtool conntrack iputils-ping prometheus qemu-system-x86 busybox-static cpio binutils g++ npm unzip python3-venv openssl."
 
 # Debian package -> a file that proves it is installed.
 declare -A PKGS=(
@@ -34,6 +34,8 @@ declare -A PKGS=(
   [busybox-static]=/bin/busybox
   [cpio]=/usr/bin/cpio
   [binutils]=/usr/bin/objcopy
+  # libFuzzer (make fuzz) is C++.
+  [g++]=/usr/bin/g++
 )
 # Multiarch UAPI headers (asm/types.h) for the BPF C build.
 arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
