@@ -5,9 +5,11 @@
 
 CARGO ?= cargo
 DURATION ?= 60s
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= report topology custom_endpoints bpf_frame
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-unit test-kernel test-vm test-kernel61 test-helm test-images images docker bench demo lint fmt clean
+.PHONY: all deps build test test-unit test-kernel test-vm test-kernel61 test-helm test-images images docker test-fuzz-corpus fuzz bench demo lint fmt clean
 
 all: build
 
@@ -24,6 +26,7 @@ test: deps
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast -- --skip vm_kernel_
 	$(CARGO) test -p netscope --no-default-features
+	@$(MAKE) --no-print-directory test-fuzz-corpus
 	@$(MAKE) --no-print-directory test-helm
 	@$(MAKE) --no-print-directory test-images
 	@$(MAKE) --no-print-directory test-vm
@@ -76,6 +79,19 @@ test-images: deps
 	$(CARGO) build -p netscope-examples --example demo
 	bash scripts/images.sh test
 
+# Every input of the checked-in fuzz corpora (fuzz/corpus/) through the fuzz
+# targets' checks, without libFuzzer; the bpf_frame corpus runs through the
+# real program (root). fuzz/ is its own workspace; it builds into this
+# workspace's target directory to share the compiled dependencies.
+test-fuzz-corpus:
+	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$(CURDIR)/target} $(CARGO) test --manifest-path fuzz/Cargo.toml --test replay
+
+# Each fuzz target for FUZZ_SECONDS (default 60) with cargo-fuzz on the
+# stable toolchain (scripts/fuzz.sh; installs cargo-fuzz into .tools/).
+# FUZZ_TARGETS picks targets; bpf_frame needs root.
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" bash scripts/fuzz.sh
+
 # Library tests only: no root, no clang needed.
 test-unit:
 	$(CARGO) test -p netscope
@@ -91,6 +107,7 @@ demo: deps
 
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:

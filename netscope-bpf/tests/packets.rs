@@ -428,3 +428,158 @@ fn bad_config_is_rejected_with_a_clear_error() {
     .unwrap_err();
     assert!(e.to_string().contains("at most 8 Service CIDRs"), "{e}");
 }
+
+/// Offset of the IP header in an untagged frame.
+const L3: usize = 14;
+
+fn set_be16(frame: &mut [u8], off: usize, v: u16) {
+    frame[off..off + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// The byte definition for lengths (README, "What a byte is"): a frame the
+/// kernel's IP receive path drops as malformed (ip_rcv_core, ipv6_rcv)
+/// never reaches a forward hook, so it is not counted; a valid one counts
+/// its IP length. Issue 12, row 1: an IPv4 total length below the header
+/// length used to count 1 byte, which the aggregator refused.
+#[test]
+fn ip_lengths_the_kernel_drops_are_not_counted() {
+    let cap = load(CaptureConfig::default());
+    let v4 = FrameSpec::new("10.7.0.1", "10.7.0.2", L4Spec::Udp(1, 2), 100);
+    let mut v4o = FrameSpec::new("10.7.0.1", "10.7.0.3", L4Spec::Udp(1, 2), 100);
+    v4o.ipv4_options = 8; // IHL 7: a 28-byte header
+    let v6 = FrameSpec::new("fd07::1", "fd07::2", L4Spec::Udp(1, 2), 100);
+    let mut v6h = FrameSpec::new("fd07::1", "fd07::3", L4Spec::Udp(1, 2), 100);
+    v6h.ipv6_ext = 1; // hop-by-hop first
+    let (l4, l4o, l6, l6h) = (v4.l3_len(), v4o.l3_len(), v6.l3_len(), v6h.l3_len());
+    assert_eq!((l4, l4o, l6, l6h), (128, 136, 148, 156));
+
+    // (what, spec, frame edit: total/payload length, bytes padded after, counted L3 bytes)
+    type Case = (&'static str, FrameSpec, u16, usize, Option<u64>);
+    let cases: Vec<Case> = vec![
+        ("IPv4 as built", v4.clone(), l4 as u16, 0, Some(128)),
+        ("IPv4 padded", v4.clone(), l4 as u16, 20, Some(128)),
+        ("IPv4 shorter than its frame", v4.clone(), 60, 0, Some(60)),
+        (
+            "IPv4 total length = header length",
+            v4.clone(),
+            20,
+            0,
+            Some(20),
+        ),
+        ("IPv4 total length 1 (row 1)", v4.clone(), 1, 0, None),
+        ("IPv4 total length 19", v4.clone(), 19, 0, None),
+        ("IPv4 total length 0, not GSO", v4.clone(), 0, 0, None),
+        (
+            "IPv4 total length beyond the frame",
+            v4.clone(),
+            129,
+            0,
+            None,
+        ),
+        ("IPv4 total length 65535", v4.clone(), 65535, 0, None),
+        (
+            "IPv4 options, length = header",
+            v4o.clone(),
+            28,
+            0,
+            Some(28),
+        ),
+        ("IPv4 options, length < header", v4o.clone(), 27, 0, None),
+        ("IPv4 options, length 20", v4o.clone(), 20, 0, None),
+        ("IPv6 as built", v6.clone(), (l6 - 40) as u16, 0, Some(148)),
+        ("IPv6 padded", v6.clone(), (l6 - 40) as u16, 30, Some(148)),
+        (
+            "IPv6 payload beyond the frame",
+            v6.clone(),
+            (l6 - 39) as u16,
+            0,
+            None,
+        ),
+        ("IPv6 payload 65535", v6.clone(), 65535, 0, None),
+        // ipv6_rcv trims the packet to its header and passes it on.
+        ("IPv6 payload 0, no hop-by-hop", v6.clone(), 0, 0, Some(40)),
+        // Hop-by-hop (a jumbogram): the kernel forwards the whole frame.
+        ("IPv6 payload 0, hop-by-hop", v6h.clone(), 0, 0, Some(156)),
+        (
+            "IPv6 payload 0, hop-by-hop, padded",
+            v6h.clone(),
+            0,
+            4,
+            Some(160),
+        ),
+        (
+            "IPv6 hop-by-hop as built",
+            v6h.clone(),
+            (l6h - 40) as u16,
+            0,
+            Some(156),
+        ),
+    ];
+    for (i, (what, mut spec, len, pad, want)) in cases.into_iter().enumerate() {
+        // A distinct destination per case, so that each one has its own flow.
+        spec.dst = match spec.dst {
+            std::net::IpAddr::V4(_) => format!("10.7.1.{i}").parse().unwrap(),
+            std::net::IpAddr::V6(_) => format!("fd07::1:{i}").parse().unwrap(),
+        };
+        let mut frame = spec.build();
+        let len_off = if spec.src.is_ipv4() { L3 + 2 } else { L3 + 4 };
+        set_be16(&mut frame, len_off, len);
+        frame.resize(frame.len() + pad, 0);
+        // Followed by a valid frame of another flow: it counts exactly.
+        let ok = FrameSpec::new("10.7.0.9", "10.7.0.10", L4Spec::Tcp(1, 2), 10);
+        for dir in Direction::BOTH {
+            run(&cap, dir, &frame);
+            run(&cap, dir, &ok.build());
+        }
+        let (m, overflow) = drained(&cap);
+        let mut expect = BTreeMap::new();
+        for dir in Direction::BOTH {
+            if let Some(bytes) = want {
+                expect.insert(
+                    FlowKey::new(spec.src, spec.dst, dir),
+                    Counters::new(bytes, 1),
+                );
+            }
+            expect.insert(key("10.7.0.9", "10.7.0.10", dir), Counters::new(50, 1));
+        }
+        assert_eq!(m, expect, "{what}: length field {len}, {pad} bytes padding");
+        assert!(overflow.is_zero(), "{what}: overflow {overflow:?}");
+    }
+}
+
+/// GSO keeps its rules under the length checks: a zero IPv4 total length
+/// or IPv6 payload length (BIG TCP, over 64 KiB) means the whole skb; a
+/// length beyond the skb is still dropped.
+#[test]
+fn gso_lengths_big_tcp_and_malformed() {
+    let cap = load(CaptureConfig::default());
+    let f4 = FrameSpec::new("10.8.0.1", "10.8.0.2", L4Spec::Tcp(1, 2), 2500);
+    let f6 = FrameSpec::new("fd08::1", "fd08::2", L4Spec::Tcp(1, 2), 2500);
+    let mut big4 = f4.build();
+    set_be16(&mut big4, L3 + 2, 0);
+    let mut big6 = f6.build();
+    set_be16(&mut big6, L3 + 4, 0);
+    let mut long4 = f4.build();
+    set_be16(&mut long4, L3 + 2, (f4.l3_len() + 1) as u16);
+    let mut long6 = FrameSpec::new("fd08::1", "fd08::3", L4Spec::Tcp(1, 2), 2500).build();
+    set_be16(&mut long6, L3 + 4, (f6.l3_len() - 39) as u16);
+    for frame in [&big4, &big6, &long4, &long6] {
+        let mut ctx = skb_ctx(3, 1000);
+        let out = test_run(&cap, Direction::FromPod, frame, Some(&mut ctx), 1).expect("test run");
+        assert_eq!(out.retval, TC_ACT_UNSPEC);
+    }
+    let (m, overflow) = drained(&cap);
+    let want = BTreeMap::from([
+        // 3 x (IP + 20 TCP) headers + 2500 payload.
+        (
+            key("10.8.0.1", "10.8.0.2", Direction::FromPod),
+            Counters::new(3 * 40 + 2500, 3),
+        ),
+        (
+            key("fd08::1", "fd08::2", Direction::FromPod),
+            Counters::new(3 * 60 + 2500, 3),
+        ),
+    ]);
+    assert_eq!(m, want);
+    assert!(overflow.is_zero());
+}

@@ -270,7 +270,8 @@ static __always_inline int ns_count(struct __sk_buff *skb, const __u8 dir)
 {
 	struct flow_key key = {};
 	struct ethhdr ebuf, *eth;
-	__u32 l3_off = sizeof(struct ethhdr), l4_off = 0, l3_hdr_len, ip_len;
+	__u32 l3_off = sizeof(struct ethhdr), l4_off = 0, l3_hdr_len, l3_len, ip_len;
+	__u32 segs = skb->gso_segs;
 	__u16 proto;
 	__u8 l4_proto;
 	int nonfirst_frag = 0;
@@ -309,13 +310,21 @@ static __always_inline int ns_count(struct __sk_buff *skb, const __u8 dir)
 
 		if (!ip || ip->version != 4 || ip->ihl < 5)
 			return TC_ACT_UNSPEC;
+		l3_hdr_len = (__u32)ip->ihl * 4;
+		l3_len = skb->len - l3_off; /* >= 20: the header was read */
+		ip_len = bpf_ntohs(ip->tot_len);
+		/* 0 is valid only for a GSO (BIG TCP) packet: its skb's length. */
+		if (ip_len == 0 && segs > 1)
+			ip_len = l3_len;
+		/* ip_rcv_core drops a total length below the header length or
+		 * beyond the frame: such a frame never reaches a forward hook. */
+		if (ip_len < l3_hdr_len || ip_len > l3_len)
+			return TC_ACT_UNSPEC;
 		key.family = NS_FAMILY_V4;
 		key.src[2] = bpf_htonl(0xffff);
 		key.src[3] = ip->saddr;
 		key.dst[2] = bpf_htonl(0xffff);
 		key.dst[3] = ip->daddr;
-		l3_hdr_len = (__u32)ip->ihl * 4;
-		ip_len = bpf_ntohs(ip->tot_len);
 		l4_proto = ip->protocol;
 		nonfirst_frag = (ip->frag_off & bpf_htons(NS_IP_OFFSET)) != 0;
 		l4_off = l3_off + l3_hdr_len;
@@ -324,13 +333,23 @@ static __always_inline int ns_count(struct __sk_buff *skb, const __u8 dir)
 
 		if (!ip6 || ip6->version != 6)
 			return TC_ACT_UNSPEC;
+		l3_hdr_len = sizeof(struct ipv6hdr);
+		l3_len = skb->len - l3_off; /* >= 40: the header was read */
+		ip_len = bpf_ntohs(ip6->payload_len) + sizeof(struct ipv6hdr);
+		l4_proto = ip6->nexthdr;
+		/*
+		 * Payload length 0: ipv6_rcv trims the packet to its 40-byte header,
+		 * unless a hop-by-hop header follows (a jumbogram, or BIG TCP on a
+		 * GSO packet): then the packet is the whole skb.
+		 */
+		if (ip_len == sizeof(struct ipv6hdr) && (segs > 1 || l4_proto == IPPROTO_HOPOPTS))
+			ip_len = l3_len;
+		/* ipv6_rcv drops a payload length beyond the frame. */
+		if (ip_len > l3_len)
+			return TC_ACT_UNSPEC;
 		key.family = NS_FAMILY_V6;
 		__builtin_memcpy(key.src, &ip6->saddr, 16);
 		__builtin_memcpy(key.dst, &ip6->daddr, 16);
-		l3_hdr_len = sizeof(struct ipv6hdr);
-		/* payload_len 0 is a jumbogram (or BIG TCP): fall back to skb->len. */
-		ip_len = ip6->payload_len ? bpf_ntohs(ip6->payload_len) + sizeof(struct ipv6hdr) : 0;
-		l4_proto = ip6->nexthdr;
 		/* L4 is located lazily below, only when needed. */
 	} else {
 		return TC_ACT_UNSPEC; /* ARP, LLDP, ...: not IP, not counted */
@@ -338,15 +357,10 @@ static __always_inline int ns_count(struct __sk_buff *skb, const __u8 dir)
 
 	key.direction = dir;
 
-	/* L3 bytes of this skb: everything from the IP header on, minus L2 padding. */
-	__u64 bytes = skb->len > l3_off ? skb->len - l3_off : 0;
+	/* L3 bytes: the IP length, which excludes Ethernet padding. */
+	__u64 bytes = ip_len;
 	__u64 packets = 1;
-	__u32 segs = skb->gso_segs;
 	int svc = ns_in_service_cidr(dir == NS_DIR_FROM_POD ? key.dst : key.src);
-
-	/* Not GSO: trust the IP length, which excludes Ethernet padding. */
-	if (segs <= 1 && ip_len && ip_len < bytes)
-		bytes = ip_len;
 
 	if (svc || segs > 1) {
 		__u16 sport = 0, dport = 0;

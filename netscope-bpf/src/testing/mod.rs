@@ -412,3 +412,73 @@ pub fn loaded_programs(prefix: &str) -> std::io::Result<Vec<(u32, String)>> {
     }
     Ok(out)
 }
+
+/// Reads and empties the side the program writes to now (its per-CPU cache
+/// entries and its flow table; the overflow slot stays installed). Unlike
+/// [`BpfCollector`](crate::BpfCollector) it neither flips sides nor waits
+/// for running programs (an RCU grace period, milliseconds), so it is exact
+/// only when no program can run meanwhile: attached nowhere, and run only
+/// by the calling thread with `BPF_PROG_TEST_RUN` (the fuzz target, which
+/// checks thousands of frames a second this way).
+///
+/// # Errors
+/// The kernel's error on a map operation.
+pub fn take_active(capture: &crate::Capture) -> std::io::Result<netscope::Drain> {
+    use crate::maps::{decode_key, RawKey, CACHE_SIZE, KEY_SIZE};
+    let (idx, table) = capture.active_table();
+    let layout = &capture.layout;
+    let mut found: Vec<([u8; KEY_SIZE], netscope::Counters)> = Vec::new();
+    let mut add = |key: &[u8], counters: netscope::Counters| {
+        let key: [u8; KEY_SIZE] = key.try_into().expect("key size");
+        match found.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, c)) => *c += counters,
+            None => found.push((key, counters)),
+        }
+    };
+    let idx_key = (idx as u32).to_ne_bytes();
+    let mut cache = vec![0u8; layout.cache_stride()];
+    sys::map_lookup(capture.cache.as_fd(), &idx_key, &mut cache)?;
+    for cpu in cache.chunks_exact(CACHE_SIZE) {
+        if cpu[32] != 0 {
+            add(&cpu[..KEY_SIZE], layout.fold(&cpu[KEY_SIZE..]));
+        }
+    }
+    sys::map_update(capture.cache.as_fd(), &idx_key, &vec![0u8; cache.len()], 0)?;
+    let stride = layout.value_stride();
+    let (mut keys, mut values) = (vec![0u8; 64 * KEY_SIZE], vec![0u8; 64 * stride]);
+    let mut token = None;
+    loop {
+        let (n, done) = sys::map_lookup_and_delete_batch(
+            table,
+            &mut token,
+            &mut keys,
+            KEY_SIZE,
+            &mut values,
+            stride,
+        )?;
+        for i in 0..n {
+            add(
+                &keys[i * KEY_SIZE..(i + 1) * KEY_SIZE],
+                layout.fold(&values[i * stride..(i + 1) * stride]),
+            );
+        }
+        if done {
+            break;
+        }
+    }
+    capture.install_overflow_slot(idx)?;
+    let mut drain = netscope::Drain {
+        capacity: capture.capacity as usize,
+        ..netscope::Drain::default()
+    };
+    for (key, counters) in found {
+        match decode_key(&key) {
+            RawKey::Flow(key) if !counters.is_zero() => {
+                drain.samples.push(netscope::FlowSample { key, counters })
+            }
+            RawKey::Flow(_) => {}
+            RawKey::Overflow | RawKey::Invalid => drain.overflow += counters,
+        }
+    }
+    Ok(drain)
+}
