@@ -1010,8 +1010,10 @@ fn verify(
         let g = got.get(pair).copied().unwrap_or(0);
         let mut pod_names: Vec<&str> = cluster.pods.iter().map(|p| p.name.as_str()).collect();
         pod_names.extend(moved.map(|m| m.info.old_name.as_str()));
-        let counted_on_restarted = on_restarted.contains(&pair.1)
-            || (on_restarted.contains(&pair.0) && !pod_names.contains(&pair.1.as_str()));
+        // The sender's node counts pod-sent bytes; the receiver's node
+        // counts the rest.
+        let counted_on_restarted = on_restarted.contains(&pair.0)
+            || (on_restarted.contains(&pair.1) && !pod_names.contains(&pair.0.as_str()));
         let good = if counted_on_restarted {
             g > 0 && g <= *w
         } else {

@@ -6,11 +6,16 @@
 //! twice by one agent. For each observation [`counted_direction`] decides
 //! whether it is the one to keep:
 //!
-//! - the destination is a pod on a monitored node: the receiver's `ToPod`;
-//! - the source is outside the cluster (external or custom) and the
-//!   destination is a pod: `ToPod`;
-//! - anything else (custom, external, unresolved Service, node, or a pod on
-//!   an unmonitored node): the sender's `FromPod`.
+//! - the source is a pod on a monitored node: the sender's `FromPod`. A
+//!   pod's packets always enter the host through its link's ingress hook,
+//!   where netscope runs first, whatever the CNI does next; the receiver's
+//!   egress hook is skipped by datapaths that deliver with
+//!   `bpf_redirect_peer` (Cilium's BPF host routing, Calico eBPF, netkit);
+//! - otherwise, when the destination is a pod: the receiver's `ToPod`
+//!   (traffic from outside the cluster, from nodes, from pods on unmonitored
+//!   nodes), except a reply whose source is still a Service address (its NAT
+//!   was not resolved): the backend's own `FromPod` counts it;
+//! - anything else: the sender's `FromPod`.
 //!
 //! Reports are identified by `(instance id, sequence)`; [`DedupTable`]
 //! remembers, per agent instance, a sliding window of the sequence numbers it
@@ -29,12 +34,6 @@ use crate::flow::Direction;
 use crate::report::{InstanceId, Report};
 use crate::resolve::Resolver;
 
-/// True for endpoints outside the cluster: external addresses and custom
-/// endpoints.
-fn outside_cluster(ep: &Endpoint) -> bool {
-    matches!(ep.kind, EndpointKind::External | EndpointKind::Custom)
-}
-
 /// True when `ip` was a pod on `node` at the start of `report`'s window: a
 /// pod that moved to another node during the window was still observed by
 /// its old node (the sample keeps the attribution of the window's end).
@@ -43,14 +42,20 @@ fn on_node_at_start(resolver: &dyn Resolver, ip: IpAddr, report: &Report, node: 
     ep.kind == EndpointKind::Pod && &*ep.node == node
 }
 
-/// Which observation of a flow from `src` to `dst` is counted (DESIGN.md §4).
-pub fn counted_direction(src: &Endpoint, dst: &Endpoint, resolver: &dyn Resolver) -> Direction {
-    if dst.kind == EndpointKind::Pod
-        && (outside_cluster(src) || resolver.is_monitored_node(&dst.node))
-    {
-        Direction::ToPod
+/// Which observation of a flow from `src` to `dst` is counted (docs/transport.md,
+/// "Which observation counts"). `None`: neither (a reply from an unresolved
+/// Service address into a pod, which the backend's `FromPod` counts).
+pub fn counted_direction(
+    src: &Endpoint,
+    dst: &Endpoint,
+    resolver: &dyn Resolver,
+) -> Option<Direction> {
+    if src.kind == EndpointKind::Pod && resolver.is_monitored_node(&src.node) {
+        Some(Direction::FromPod)
+    } else if dst.kind == EndpointKind::Pod {
+        (src.kind != EndpointKind::Service).then_some(Direction::ToPod)
     } else {
-        Direction::FromPod
+        Some(Direction::FromPod)
     }
 }
 
@@ -529,35 +534,24 @@ impl Aggregator {
         let node = report.node.as_str();
         let mut counts = ResolveCounts::default();
         for s in &report.samples {
-            let dst = resolver.resolve(s.key.dst, at);
-            let dst_is_pod = dst.kind == EndpointKind::Pod;
-            // Decide as much as possible before resolving the source.
-            let other = match s.key.direction {
-                Direction::ToPod => !dst_is_pod,
-                Direction::FromPod => dst_is_pod && resolver.is_monitored_node(&dst.node),
-            };
-            if other {
-                counts.other_view += 1;
-                continue;
-            }
-            if s.key.direction == Direction::ToPod
-                && &*dst.node != node
-                && !on_node_at_start(resolver, s.key.dst, report, node)
-            {
-                counts.wrong_node += 1;
-                continue;
-            }
             let src = resolver.resolve(s.key.src, at);
-            if s.key.direction == Direction::FromPod
-                && src.kind == EndpointKind::Pod
-                && &*src.node != node
-                && !on_node_at_start(resolver, s.key.src, report, node)
-            {
-                counts.wrong_node += 1;
+            let dst = resolver.resolve(s.key.dst, at);
+            if counted_direction(&src, &dst, resolver) != Some(s.key.direction) {
+                counts.other_view += 1;
                 continue;
             }
-            if counted_direction(&src, &dst, resolver) != s.key.direction {
-                counts.other_view += 1;
+            // The kept observation must be one the reporting node can have
+            // made: of a pod on that node (at the window's end, or at its
+            // start for a pod that moved during the window).
+            let (observed, ip) = match s.key.direction {
+                Direction::ToPod => (&dst, s.key.dst),
+                Direction::FromPod => (&src, s.key.src),
+            };
+            if observed.kind == EndpointKind::Pod
+                && &*observed.node != node
+                && !on_node_at_start(resolver, ip, report, node)
+            {
+                counts.wrong_node += 1;
                 continue;
             }
             out.push(ResolvedFlow {

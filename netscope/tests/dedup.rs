@@ -19,8 +19,9 @@ struct Case {
     dst: &'static str,
     /// Which nodes' agents observe the flow, and in which direction.
     observed: &'static [(&'static str, Direction)],
-    /// The observation that must be counted.
-    counted: Direction,
+    /// The observation that must be counted (`None`: neither, another
+    /// observation of the same bytes under other addresses counts).
+    counted: Option<Direction>,
     dst_kind: EndpointKind,
 }
 
@@ -46,7 +47,7 @@ fn each_byte_counted_once_table() {
             src: "10.0.1.1",
             dst: "10.0.1.2",
             observed: &[("node-a", FromPod), ("node-a", ToPod)],
-            counted: ToPod,
+            counted: Some(FromPod),
             dst_kind: EndpointKind::Pod,
         },
         Case {
@@ -54,7 +55,7 @@ fn each_byte_counted_once_table() {
             src: "10.0.1.1",
             dst: "10.0.2.1",
             observed: &[("node-a", FromPod), ("node-b", ToPod)],
-            counted: ToPod,
+            counted: Some(FromPod),
             dst_kind: EndpointKind::Pod,
         },
         Case {
@@ -62,7 +63,7 @@ fn each_byte_counted_once_table() {
             src: "10.0.1.1",
             dst: "8.8.8.8",
             observed: &[("node-a", FromPod)],
-            counted: FromPod,
+            counted: Some(FromPod),
             dst_kind: EndpointKind::External,
         },
         Case {
@@ -70,7 +71,7 @@ fn each_byte_counted_once_table() {
             src: "8.8.8.8",
             dst: "10.0.2.1",
             observed: &[("node-b", ToPod)],
-            counted: ToPod,
+            counted: Some(ToPod),
             dst_kind: EndpointKind::Pod,
         },
         // node-c runs no Ready agent; one that starts up (not yet Ready)
@@ -80,7 +81,7 @@ fn each_byte_counted_once_table() {
             src: "10.0.1.1",
             dst: "10.0.3.1",
             observed: &[("node-a", FromPod), ("node-c", ToPod)],
-            counted: FromPod,
+            counted: Some(FromPod),
             dst_kind: EndpointKind::Pod,
         },
         Case {
@@ -88,7 +89,7 @@ fn each_byte_counted_once_table() {
             src: "8.8.4.4",
             dst: "10.0.3.1",
             observed: &[("node-c", ToPod)],
-            counted: ToPod,
+            counted: Some(ToPod),
             dst_kind: EndpointKind::Pod,
         },
         Case {
@@ -96,15 +97,17 @@ fn each_byte_counted_once_table() {
             src: "10.0.1.1",
             dst: "10.96.0.10",
             observed: &[("node-a", FromPod)],
-            counted: FromPod,
+            counted: Some(FromPod),
             dst_kind: EndpointKind::Service,
         },
+        // The reply's NAT was not undone on the client's node: the
+        // backend's FromPod (backend -> client, real addresses) counts it.
         Case {
             name: "unresolved Service reply to pod",
             src: "10.96.0.10",
             dst: "10.0.1.1",
             observed: &[("node-a", ToPod)],
-            counted: ToPod,
+            counted: None,
             dst_kind: EndpointKind::Pod,
         },
         Case {
@@ -112,7 +115,7 @@ fn each_byte_counted_once_table() {
             src: "10.0.2.1",
             dst: "192.168.0.1",
             observed: &[("node-b", FromPod)],
-            counted: FromPod,
+            counted: Some(FromPod),
             dst_kind: EndpointKind::Node,
         },
         Case {
@@ -120,7 +123,7 @@ fn each_byte_counted_once_table() {
             src: "192.168.0.1",
             dst: "10.0.2.1",
             observed: &[("node-b", ToPod)],
-            counted: ToPod,
+            counted: Some(ToPod),
             dst_kind: EndpointKind::Pod,
         },
     ];
@@ -143,6 +146,14 @@ fn each_byte_counted_once_table() {
             );
         }
         let snap = exporter.snapshot();
+        let Some(counted) = c.counted else {
+            assert!(
+                snap.is_empty(),
+                "{}: nothing may count, got {snap:?}",
+                c.name
+            );
+            continue;
+        };
         assert_eq!(
             snap.len(),
             1,
@@ -150,7 +161,7 @@ fn each_byte_counted_once_table() {
             c.name
         );
         assert_eq!(
-            exporter.get(c.src, c.dst, c.counted),
+            exporter.get(c.src, c.dst, counted),
             bytes,
             "{}: wrong observation counted",
             c.name

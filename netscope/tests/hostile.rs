@@ -185,8 +185,10 @@ async fn hostile_inputs_are_refused_or_absorbed_and_valid_counts_stay_exact() {
     let valid_flows = vec![
         // pod -> external: node-a's view counts.
         FlowKey::new(ip("10.0.1.1"), ip("8.8.8.8"), Direction::FromPod),
-        // node-b's pod -> a1: node-a's view (the receiver's) counts.
-        FlowKey::new(ip("10.0.2.1"), ip("10.0.1.1"), Direction::ToPod),
+        // a1 -> node-b's pod: node-a's view (the sender's) counts.
+        FlowKey::new(ip("10.0.1.1"), ip("10.0.2.1"), Direction::FromPod),
+        // external -> a1: node-a's view (the receiver's) counts.
+        FlowKey::new(ip("8.8.8.8"), ip("10.0.1.1"), Direction::ToPod),
     ];
     let collector = FakeCollector::new(valid_flows.clone(), 40);
     let generated = collector.generated.clone();
