@@ -12,6 +12,7 @@ pub mod links;
 mod loader;
 pub mod maps;
 mod sys;
+pub mod tcguard;
 #[doc(hidden)]
 pub mod testing;
 
