@@ -48,10 +48,13 @@ pub const SERVER_PORT: u16 = 8080;
 /// Port the `cache` Service listens on (DNATed to [`SERVER_PORT`]).
 pub const SERVICE_PORT: u16 = 80;
 
-/// Handle of the redirect helper's legacy-TC filter ([`SimOptions::legacy_tc`]).
+/// Handle of the redirect helper's legacy-TC filter ([`SimOptions::legacy_tc`]):
+/// Cilium's loader uses handle 1.
 pub const REDIRECT_TC_HANDLE: u32 = 1;
-/// Priority of the redirect helper's legacy-TC filter: after netscope's 1.
-pub const REDIRECT_TC_PRIORITY: u32 = 2;
+/// Priority of the redirect helper's legacy-TC filter: Cilium's loader uses
+/// priority 1, netscope's own. The agents attach later, and cls_bpf runs
+/// the newest filter of a priority first (netscope's guard keeps it so).
+pub const REDIRECT_TC_PRIORITY: u32 = 1;
 
 /// How [`Cluster::build_with`] builds the cluster.
 #[derive(Debug, Clone, Copy, Default)]
@@ -64,7 +67,8 @@ pub struct SimOptions {
     pub redirect_node: Option<usize>,
     /// Attach the redirect helper on the pod links as a legacy cls_bpf
     /// filter (handle [`REDIRECT_TC_HANDLE`], priority
-    /// [`REDIRECT_TC_PRIORITY`]) instead of appending it to the TCX chain:
+    /// [`REDIRECT_TC_PRIORITY`], as Cilium's loader on kernels without TCX)
+    /// instead of appending it to the TCX chain:
     /// use it when the agents attach in legacy TC mode, since a TCX
     /// program's redirect ends the hook before any legacy filter runs. The
     /// uplink, where netscope does not attach, always uses TCX.
@@ -551,7 +555,8 @@ fn link_mac(ns: &NetNs, dev: &str) -> io::Result<[u8; 6]> {
 /// Makes node `r` deliver into its pods with `bpf_redirect_peer`: the
 /// helper learns every pod address of the node (destination MAC: the
 /// pod's own `eth0`), and is attached to the uplink's ingress (TCX) and to
-/// every pod link's ingress (TCX after netscope, or legacy TC priority 2).
+/// every pod link's ingress (TCX after netscope, or legacy TC at Cilium's
+/// priority 1, handle 1).
 fn redirect_node_setup(
     helpers: &TestPrograms,
     node: &SimNode,
