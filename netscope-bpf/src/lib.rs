@@ -8,6 +8,7 @@
 
 mod attach;
 mod collector;
+pub mod datapath;
 pub mod links;
 mod loader;
 pub mod maps;

@@ -217,3 +217,63 @@ fn legacy_tc_netscope_first_then_cni() {
 fn legacy_tc_cni_first_then_netscope() {
     stays_first(true, "r", 62);
 }
+
+/// The start-up check sees other programs on link ingress hooks: on a
+/// host link (an "uplink", as Cilium's bpf_host) and on a pod link (as
+/// bpf_lxc), and not netscope's own.
+#[test]
+fn detects_foreign_ingress_programs() {
+    init_logs();
+    let prefix = "netscope-test-cild";
+    sweep(prefix).expect("sweep");
+    let specs = [
+        PodSpec {
+            host_if: "lxcda".into(),
+            ipv6: false,
+        },
+        PodSpec {
+            host_if: "lxcdb".into(),
+            ipv6: false,
+        },
+    ];
+    let node = topo::node(prefix, 63, &specs).expect("topology");
+    node.ns
+        .exec(&[
+            "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "wire",
+        ])
+        .expect("uplink");
+    let capture = Arc::new(Capture::load(&CaptureConfig::default()).expect("load (needs root)"));
+    let cni = Arc::new(TestPrograms::load(1, 9).expect("cni programs"));
+    let ids = Direction::BOTH.map(|d| capture.program_id(d));
+    let a = node.pods[0].host_ifindex;
+    let (cap, h) = (capture.clone(), cni.clone());
+    let found = node.ns.run(move || {
+        let none =
+            netscope_bpf::datapath::foreign_ingress(&Default::default(), &ids).expect("inspect");
+        let up = interface("uplink").expect("uplink").ifindex;
+        let links = [
+            netscope_bpf::testing::tcx_append(h.cni_count.as_fd(), up, true).expect("on uplink"),
+            netscope_bpf::testing::tcx_append(h.cni_count.as_fd(), a, true).expect("on lxcda"),
+        ];
+        // netscope's own programs do not count.
+        let att = BpfAttacher::new(cap, AttachMode::Tcx);
+        let mine = Direction::BOTH.map(|d| {
+            att.attach(&interface("lxcdb").expect("lxcdb"), d)
+                .unwrap_or_else(|e| panic!("{e:#}"))
+        });
+        let some =
+            netscope_bpf::datapath::foreign_ingress(&Default::default(), &ids).expect("inspect");
+        for m in mine {
+            m.detach().expect("detach");
+        }
+        drop(links);
+        (none, some)
+    });
+    assert_eq!(
+        found.0,
+        Default::default(),
+        "nothing before the CNI's programs"
+    );
+    assert_eq!(found.1.host_links, vec![("uplink".to_string(), 1)]);
+    assert_eq!(found.1.pod_links, vec![("lxcda".to_string(), 1)]);
+}
