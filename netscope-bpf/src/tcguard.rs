@@ -314,11 +314,16 @@ fn check(shared: &Shared, st: &mut State, key: (u32, bool), event: Instant) {
     let hook = if ingress { "ingress" } else { "egress" };
     let reattach = match &pos {
         Ok(None) => {
+            g.gave_up = false;
             if let Some(since) = g.blind_since.take() {
                 // Whoever was ahead left on its own.
                 add_blind(&mut st.stats, since.elapsed());
                 tracing::info!(iface = ?g.name, ifindex, hook, "netscope's tc filter is first again");
             }
+            finish(st);
+            return;
+        }
+        Ok(Some(_)) if g.gave_up => {
             finish(st);
             return;
         }
