@@ -422,3 +422,33 @@ fn add_blind(stats: &mut TcGuardStats, d: Duration) {
     metrics::counter!("netscope_agent_tc_blind_microseconds_total")
         .increment(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(priority: u32, handle: u32, chain: u32) -> TcFilterEntry {
+        TcFilterEntry {
+            priority,
+            protocol: 3,
+            handle,
+            kind: "bpf".into(),
+            prog_name: String::new(),
+            chain,
+        }
+    }
+
+    #[test]
+    fn position_reads_the_run_order() {
+        assert_eq!(position(&[f(1, TC_HANDLE, 0), f(1, 1, 0)]), Ok(None));
+        assert_eq!(
+            position(&[f(1, 1, 0), f(1, TC_HANDLE, 0), f(2, 7, 0)]),
+            Ok(Some(vec![f(1, 1, 0)]))
+        );
+        // Filters of other chains run only when a filter jumps there.
+        assert_eq!(position(&[f(1, 1, 5), f(1, TC_HANDLE, 0)]), Ok(None));
+        // Netscope's handle at another priority is not netscope's filter.
+        assert_eq!(position(&[f(1, 1, 0), f(2, TC_HANDLE, 0)]), Err(()));
+        assert_eq!(position(&[]), Err(()));
+    }
+}
