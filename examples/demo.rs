@@ -74,6 +74,11 @@ struct Args {
     /// reports traffic in node-1's name. Neither may change a count.
     #[arg(long)]
     hostile: bool,
+    /// Node number (1-6) that delivers into its pods with
+    /// `bpf_redirect_peer` from its uplink's and its pod links' ingress, as
+    /// Cilium with BPF host routing does; adds a same-node pod pair on it.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=6))]
+    redirect_node: Option<u8>,
 
     /// Namespace prefix (must start with ns- or netscope-test-).
     #[arg(long, default_value = "ns-sim")]
@@ -469,7 +474,12 @@ fn run(
     interrupted: &Arc<AtomicBool>,
 ) -> Result<()> {
     println!("demo: building the simulated cluster (3 zones x 2 nodes, 10 pods, an external database) ...");
-    let mut cluster = Cluster::build(&args.prefix).context("building the simulated cluster")?;
+    let opts = sim::SimOptions {
+        redirect_node: args.redirect_node.map(|n| usize::from(n) - 1),
+        legacy_tc: args.attach_mode == AttachMode::Tc,
+    };
+    let mut cluster =
+        Cluster::build_with(&args.prefix, opts).context("building the simulated cluster")?;
     let mut reference = cluster
         .install_reference()
         .context("installing the nftables reference counters")?;
@@ -754,6 +764,11 @@ fn run(
                     failed |= n != 1;
                 }
             }
+        }
+        if let Some(r) = cluster.redirect_node {
+            let (done, refused) = cluster.redirected_packets()?;
+            println!("verify: node-{}: {done} packets delivered with bpf_redirect_peer, {refused} refused", r + 1);
+            failed |= done == 0 || refused > 0;
         }
         let tagged = cluster.vlan_tagged_packets()?;
         println!("verify: {tagged} packets of the VLAN pod carried their tag in skb metadata at the host side");

@@ -1,14 +1,16 @@
 //! TCX and legacy-TC attachers.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use netscope::{AttachError, AttachMode, Attacher, Attachment, Direction, Interface};
 
 use crate::loader::Capture;
 use crate::sys::{self, TcFilter};
+use crate::tcguard::{TcGuard, TcGuardStats};
 
 /// Handle of netscope's legacy-TC filters (`tc filter show` prints 0x4e53, "NS").
 pub const TC_HANDLE: u32 = 0x4e53;
@@ -65,6 +67,8 @@ impl Attachment for TcxAttachment {
 #[derive(Debug)]
 struct TcAttachment {
     filter: Option<TcFilter>,
+    /// Keeps the filter first; told before the filter is removed.
+    guard: Option<Arc<TcGuard>>,
     netns: u64,
     iface: Interface,
     direction: Direction,
@@ -75,6 +79,9 @@ impl TcAttachment {
         let Some(filter) = self.filter.take() else {
             return Ok(());
         };
+        if let Some(g) = self.guard.take() {
+            g.unwatch(self.iface.ifindex, self.direction);
+        }
         // Netlink works on the calling thread's namespace: refuse to touch
         // an interface with the same index somewhere else.
         if sys::current_netns()? != self.netns {
@@ -133,6 +140,9 @@ pub struct BpfAttacher {
     mode: AttachMode,
     /// For [`AttachMode::Auto`]: what the kernel accepted first.
     resolved: AtomicU8,
+    /// Legacy TC: one guard per network namespace (by inode) that keeps
+    /// netscope's filters first ([`TcGuard`]).
+    guards: Mutex<HashMap<u64, Arc<TcGuard>>>,
 }
 
 impl BpfAttacher {
@@ -142,7 +152,35 @@ impl BpfAttacher {
             capture,
             mode,
             resolved: AtomicU8::new(RESOLVED_UNKNOWN),
+            guards: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// What the legacy-TC guards have seen and done, summed over network
+    /// namespaces (all zero in TCX mode).
+    pub fn tc_guard_stats(&self) -> TcGuardStats {
+        let guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sum = TcGuardStats::default();
+        for g in guards.values() {
+            let s = g.stats();
+            sum.preempted += s.preempted;
+            sum.reattached += s.reattached;
+            sum.failed += s.failed;
+            sum.blind_seconds += s.blind_seconds;
+            sum.not_first += s.not_first;
+        }
+        sum
+    }
+
+    /// The guard of the calling thread's namespace, started on first use.
+    fn guard(&self, netns: u64) -> io::Result<Arc<TcGuard>> {
+        let mut guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = guards.get(&netns) {
+            return Ok(g.clone());
+        }
+        let g = Arc::new(TcGuard::start(self.capture.clone())?);
+        guards.insert(netns, g.clone());
+        Ok(g)
     }
 
     /// The mode auto mode settled on, once it has attached something.
@@ -215,12 +253,36 @@ impl BpfAttacher {
             }
         }
         filter.attach(prog, existing.is_some())?;
+        // Without the guard the filter still counts until a CNI's filter
+        // lands ahead of it: attach, and say so.
+        let guard = match self.guard(netns) {
+            Ok(g) => {
+                g.watch(iface.ifindex, &iface.name, direction);
+                Some(g)
+            }
+            Err(e) => {
+                tracing::error!(iface = %iface.name, ifindex = iface.ifindex, direction = %direction, error = %e, "cannot watch tc filter events: a CNI filter added ahead of netscope's would go unnoticed");
+                None
+            }
+        };
         Ok(Box::new(TcAttachment {
             filter: Some(filter),
+            guard,
             netns,
             iface: iface.clone(),
             direction,
         }))
+    }
+}
+
+impl Drop for BpfAttacher {
+    /// The guards go with their attacher (as with a killed agent): nothing
+    /// re-adds a filter after this.
+    fn drop(&mut self) {
+        let guards = self.guards.get_mut().unwrap_or_else(|p| p.into_inner());
+        for g in guards.values() {
+            g.shutdown();
+        }
     }
 }
 

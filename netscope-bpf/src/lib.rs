@@ -8,10 +8,12 @@
 
 mod attach;
 mod collector;
+pub mod datapath;
 pub mod links;
 mod loader;
 pub mod maps;
 mod sys;
+pub mod tcguard;
 #[doc(hidden)]
 pub mod testing;
 

@@ -210,6 +210,92 @@ pub fn dump_links() -> io::Result<Vec<Link>> {
     Ok(links)
 }
 
+/// One tc filter of a clsact hook, as an rtnetlink filter dump lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcFilterEntry {
+    /// Priority (the kernel runs lower numbers first).
+    pub priority: u32,
+    /// Protocol (host byte order; `ETH_P_ALL` is 3).
+    pub protocol: u16,
+    /// Filter handle.
+    pub handle: u32,
+    /// Classifier kind (`bpf`, `matchall`, …).
+    pub kind: String,
+    /// The BPF program's name for cls_bpf filters, else empty.
+    pub prog_name: String,
+    /// Filter chain (0 is the one every packet runs).
+    pub chain: u32,
+}
+
+/// The filters of `ifindex`'s clsact ingress or egress hook in the calling
+/// thread's namespace, in the order the kernel lists them: chain by chain,
+/// by priority, and within one priority in the classifier's own run order
+/// (cls_bpf: newest first). Empty when the hook has no clsact qdisc or no
+/// filter.
+///
+/// # Errors
+/// Netlink errors (ENODEV when the interface is gone).
+pub fn tc_filters(ifindex: u32, ingress: bool) -> io::Result<Vec<TcFilterEntry>> {
+    use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
+
+    let mut msg = TcMessage::with_index(ifindex as i32);
+    msg.header.parent = TcHandle {
+        major: 0xffff,
+        minor: if ingress {
+            TcHandle::MIN_INGRESS
+        } else {
+            TcHandle::MIN_EGRESS
+        },
+    };
+    let mut out = Vec::new();
+    let res = dump(RouteNetlinkMessage::GetTrafficFilter(msg), |m| {
+        let RouteNetlinkMessage::NewTrafficFilter(f) = m else {
+            return;
+        };
+        let handle = u32::from(f.header.handle);
+        // Each priority's classifier is listed first without a handle.
+        if handle == 0 {
+            return;
+        }
+        let mut e = TcFilterEntry {
+            // info = priority << 16 | protocol (network byte order)
+            priority: f.header.info >> 16,
+            protocol: u16::from_be((f.header.info & 0xffff) as u16),
+            handle,
+            kind: String::new(),
+            prog_name: String::new(),
+            chain: 0,
+        };
+        for a in &f.attributes {
+            match a {
+                TcAttribute::Kind(k) => e.kind = k.clone(),
+                TcAttribute::Chain(c) => e.chain = *c,
+                TcAttribute::Options(opts) => {
+                    for o in opts {
+                        if let TcOption::Bpf(TcFilterBpfOption::ProgName(n)) = o {
+                            // cls_bpf reports "name:[id]".
+                            e.prog_name = n
+                                .rsplit_once(":[")
+                                .map_or(n.as_str(), |(n, _)| n)
+                                .to_string();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push(e);
+    });
+    match res {
+        Ok(()) => Ok(out),
+        // No clsact or no filter chain: no filter.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The BPF program name (as tc shows it) of the cls_bpf filter at
 /// `handle`/`priority` on `ifindex`'s clsact ingress or egress hook, read
 /// from an rtnetlink filter dump. Unlike looking the program up by id, this
@@ -223,46 +309,8 @@ pub fn tc_filter_prog_name(
     handle: u32,
     priority: u32,
 ) -> io::Result<Option<String>> {
-    use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
-
-    let mut msg = TcMessage::with_index(ifindex as i32);
-    msg.header.parent = TcHandle {
-        major: 0xffff,
-        minor: if ingress {
-            TcHandle::MIN_INGRESS
-        } else {
-            TcHandle::MIN_EGRESS
-        },
-    };
-    let mut found = None;
-    let res = dump(RouteNetlinkMessage::GetTrafficFilter(msg), |m| {
-        let RouteNetlinkMessage::NewTrafficFilter(f) = m else {
-            return;
-        };
-        // info = priority << 16 | protocol
-        if u32::from(f.header.handle) != handle || f.header.info >> 16 != priority {
-            return;
-        }
-        let mut name = String::new();
-        for a in &f.attributes {
-            if let TcAttribute::Options(opts) = a {
-                for o in opts {
-                    if let TcOption::Bpf(TcFilterBpfOption::ProgName(n)) = o {
-                        // cls_bpf reports "name:[id]".
-                        name = n
-                            .rsplit_once(":[")
-                            .map_or(n.as_str(), |(n, _)| n)
-                            .to_string();
-                    }
-                }
-            }
-        }
-        found = Some(name);
-    });
-    match res {
-        Ok(()) => Ok(found),
-        // No clsact or no filter chain: no filter.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => Ok(None),
-        Err(e) => Err(e),
-    }
+    Ok(tc_filters(ifindex, ingress)?
+        .into_iter()
+        .find(|f| f.handle == handle && f.priority == priority)
+        .map(|f| f.prog_name))
 }

@@ -20,7 +20,7 @@ use netscope::nat::{NetlinkConntrack, ServiceNat};
 use netscope::report::{Reporter, ReporterConfig};
 use netscope::transport::client::{ClientConfig, ClientTls, GrpcSink};
 use netscope::transport::server::{serve_http, HttpEndpoints};
-use netscope::AttachMode;
+use netscope::{AttachMode, Direction};
 use netscope_bpf::links::LinkWatcher;
 use netscope_bpf::{BpfAttacher, BpfCollector, Capture, CaptureConfig, DEFAULT_MAX_FLOWS};
 use tracing::{error, info};
@@ -145,6 +145,12 @@ fn main() -> Result<()> {
     );
     info!(node = ?args.node_name, mode = %args.attach_mode, prefixes = ?filter.prefixes(), max_flows = args.max_flows,
           service_cidrs = ?args.service_cidrs, "capture program loaded");
+
+    // Does this node deliver into pods past the host-side egress hook?
+    netscope_bpf::datapath::report_foreign_ingress(
+        &filter,
+        &Direction::BOTH.map(|d| capture.program_id(d)),
+    );
 
     // Discovery on its own thread: link events -> attach/detach.
     let attacher = Arc::new(BpfAttacher::new(capture.clone(), args.attach_mode));

@@ -7,7 +7,11 @@
  * - vlan_push / vlan_pop: tag and untag a pod's frames, since the test
  *   kernels have no 802.1Q devices;
  * - cni_count / cni_drop: stand-ins for a CNI's own program on the same hook,
- *   for coexistence tests.
+ *   for coexistence tests;
+ * - redirect_peer: delivers into local pods the way Cilium's bpf_host (on
+ *   the uplink's ingress) and bpf_lxc (on a pod link's ingress) do with BPF
+ *   host routing: rewrite the MACs and bpf_redirect_peer() into the pod's
+ *   netns, skipping the host's stack and the host-side link's egress.
  */
 #ifndef NETSCOPE_TESTPROGS_BPF_C
 #define NETSCOPE_TESTPROGS_BPF_C
@@ -15,6 +19,7 @@
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
+#include <linux/ipv6.h>
 #include <linux/ip.h>
 #include <linux/pkt_cls.h>
 #include <linux/udp.h>
@@ -123,6 +128,82 @@ int cni_drop(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	return TC_ACT_OK;
+}
+
+/* A local pod redirect_peer delivers to: its address (IPv4 in the first 4
+ * bytes, rest zero) -> host-side link and MACs. */
+struct redirect_key {
+	__u32 family; /* 4 or 6 */
+	__u8 addr[16];
+};
+
+struct redirect_target {
+	__u32 ifindex;	    /* host-side link of the pod (the peer is its eth0) */
+	__u8 pod_mac[6];    /* destination MAC: the pod's own eth0 */
+	__u8 host_mac[6];   /* source MAC: the host-side link */
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct redirect_key);
+	__type(value, struct redirect_target);
+} redirect_targets SEC(".maps");
+
+/* [0] packets redirected into a pod, [1] redirects the kernel refused. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} redirect_stats SEC(".maps");
+
+static __always_inline void redirect_stat(__u32 i)
+{
+	__u64 *v = bpf_map_lookup_elem(&redirect_stats, &i);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+SEC("tc")
+int redirect_peer(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct redirect_key key = {};
+	struct redirect_target *t;
+	long ret;
+
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_OK;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > data_end)
+			return TC_ACT_OK;
+		key.family = 4;
+		__builtin_memcpy(key.addr, &ip->daddr, 4);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return TC_ACT_OK;
+		key.family = 6;
+		__builtin_memcpy(key.addr, &ip6->daddr, 16);
+	} else {
+		return TC_ACT_OK;
+	}
+	t = bpf_map_lookup_elem(&redirect_targets, &key);
+	if (!t)
+		return TC_ACT_OK; /* not a local pod: the kernel routes it */
+	__builtin_memcpy(eth->h_dest, t->pod_mac, 6);
+	__builtin_memcpy(eth->h_source, t->host_mac, 6);
+	ret = bpf_redirect_peer(t->ifindex, 0);
+	redirect_stat(ret == TC_ACT_REDIRECT ? 0 : 1);
+	return ret;
 }
 
 #endif /* NETSCOPE_TESTPROGS_BPF_C */

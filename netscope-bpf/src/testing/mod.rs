@@ -199,6 +199,11 @@ pub struct TestPrograms {
     pub cni_drop: OwnedFd,
     /// The baseline's flow map.
     pub baseline_flows: OwnedFd,
+    /// Delivers to local pods with `bpf_redirect_peer`, as Cilium's
+    /// `bpf_host`/`bpf_lxc` do (targets in [`TestPrograms::redirect_to`]).
+    pub redirect_peer: OwnedFd,
+    redirect_targets: OwnedFd,
+    redirect_stats: OwnedFd,
     bss: OwnedFd,
 }
 
@@ -224,6 +229,9 @@ impl TestPrograms {
             cni_count: dup(skel.progs.cni_count.as_fd())?,
             cni_drop: dup(skel.progs.cni_drop.as_fd())?,
             baseline_flows: dup(skel.maps.baseline_flows.as_fd())?,
+            redirect_peer: dup(skel.progs.redirect_peer.as_fd())?,
+            redirect_targets: dup(skel.maps.redirect_targets.as_fd())?,
+            redirect_stats: dup(skel.maps.redirect_stats.as_fd())?,
             bss: dup(skel.maps.bss.as_fd())?,
         })
     }
@@ -235,6 +243,51 @@ impl TestPrograms {
     pub fn cni_counters(&self) -> std::io::Result<(u64, u64)> {
         let v = self.bss_words()?;
         Ok((v[0], v[1]))
+    }
+
+    /// Makes `redirect_peer` deliver packets for `addr` into the pod behind
+    /// the host-side link `ifindex`, with `pod_mac` (the pod's own `eth0`)
+    /// as destination and `host_mac` (the host-side link) as source MAC.
+    ///
+    /// # Errors
+    /// The kernel's error on the map update.
+    pub fn redirect_to(
+        &self,
+        addr: IpAddr,
+        ifindex: u32,
+        pod_mac: [u8; 6],
+        host_mac: [u8; 6],
+    ) -> std::io::Result<()> {
+        let mut key = [0u8; 20];
+        match addr {
+            IpAddr::V4(a) => {
+                key[0..4].copy_from_slice(&4u32.to_ne_bytes());
+                key[4..8].copy_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                key[0..4].copy_from_slice(&6u32.to_ne_bytes());
+                key[4..20].copy_from_slice(&a.octets());
+            }
+        }
+        let mut value = [0u8; 20];
+        value[0..4].copy_from_slice(&ifindex.to_ne_bytes());
+        value[4..10].copy_from_slice(&pod_mac);
+        value[10..16].copy_from_slice(&host_mac);
+        sys::map_update(self.redirect_targets.as_fd(), &key, &value, 0)
+    }
+
+    /// (packets `redirect_peer` redirected into a pod, redirects the
+    /// kernel refused).
+    ///
+    /// # Errors
+    /// The kernel's error on the map lookup.
+    pub fn redirect_counters(&self) -> std::io::Result<(u64, u64)> {
+        let read = |i: u32| -> std::io::Result<u64> {
+            let mut v = [0u8; 8];
+            sys::map_lookup(self.redirect_stats.as_fd(), &i.to_ne_bytes(), &mut v)?;
+            Ok(u64::from_ne_bytes(v))
+        };
+        Ok((read(0)?, read(1)?))
     }
 
     /// Packets vlan_pop found tagged in skb metadata.

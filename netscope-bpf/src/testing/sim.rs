@@ -4,6 +4,13 @@
 //! nftables the way kube-proxy would, and a traffic mix. Used by the demo
 //! and the end-to-end test.
 //!
+//! With [`SimOptions::redirect_node`], one node delivers into its pods the
+//! way Cilium's datapath does with BPF host routing: a program on the
+//! node's uplink ingress (Cilium's `bpf_host`) and on every pod link's
+//! ingress (`bpf_lxc`) rewrites the MACs and calls `bpf_redirect_peer()`,
+//! so packets for its pods skip the node's IP stack (forward hook) and the
+//! host-side link's egress hook.
+//!
 //! Every address lives inside the namespaces made here (all named
 //! `<prefix>-…`, `<prefix>` starting with `ns-` or `netscope-test-`);
 //! dropping the [`Cluster`] deletes them, and [`Cluster::build`] sweeps
@@ -21,8 +28,8 @@ use std::time::{Duration, Instant};
 use netscope::Counters;
 
 use super::netns::{no_offloads, sweep, veth, NetNs};
-use super::topo::{ifindex_in, NftReference};
-use super::{tcx_append, TestPrograms};
+use super::topo::{ifindex_in, NftReference, RefHook};
+use super::{tc_attach, tcx_append, TestPrograms};
 
 /// The region of every simulated zone.
 pub const REGION: &str = "us-east-1";
@@ -40,6 +47,33 @@ pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 200);
 pub const SERVER_PORT: u16 = 8080;
 /// Port the `cache` Service listens on (DNATed to [`SERVER_PORT`]).
 pub const SERVICE_PORT: u16 = 80;
+
+/// Handle of the redirect helper's legacy-TC filter ([`SimOptions::legacy_tc`]):
+/// Cilium's loader uses handle 1.
+pub const REDIRECT_TC_HANDLE: u32 = 1;
+/// Priority of the redirect helper's legacy-TC filter: Cilium's loader uses
+/// priority 1, netscope's own. The agents attach later, and cls_bpf runs
+/// the newest filter of a priority first (netscope's guard keeps it so).
+pub const REDIRECT_TC_PRIORITY: u32 = 1;
+
+/// How [`Cluster::build_with`] builds the cluster.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimOptions {
+    /// Index of a node that delivers into its pods with
+    /// `bpf_redirect_peer` (Cilium with BPF host routing): from its
+    /// uplink's ingress for traffic from elsewhere, from the sender's
+    /// link ingress for traffic between its own pods. `None`: every node
+    /// routes with the kernel.
+    pub redirect_node: Option<usize>,
+    /// Attach the redirect helper on the pod links as a legacy cls_bpf
+    /// filter (handle [`REDIRECT_TC_HANDLE`], priority
+    /// [`REDIRECT_TC_PRIORITY`], as Cilium's loader on kernels without TCX)
+    /// instead of appending it to the TCX chain:
+    /// use it when the agents attach in legacy TC mode, since a TCX
+    /// program's redirect ends the hook before any legacy filter runs. The
+    /// uplink, where netscope does not attach, always uses TCX.
+    pub legacy_tc: bool,
+}
 
 /// A simulated node.
 #[derive(Debug)]
@@ -97,6 +131,8 @@ pub struct Cluster {
     pub service_backend: usize,
     /// Index of the node whose nftables DNATs the ClusterIP (the client's).
     pub service_client_node: usize,
+    /// The node that delivers with `bpf_redirect_peer` ([`SimOptions::redirect_node`]).
+    pub redirect_node: Option<usize>,
     helpers: TestPrograms,
     links: Vec<OwnedFd>,
 }
@@ -137,6 +173,23 @@ impl Cluster {
     /// When a namespace, link, address, route, nftables rule or helper
     /// program cannot be set up (not root, say).
     pub fn build(prefix: &str) -> io::Result<Cluster> {
+        Self::build_with(prefix, SimOptions::default())
+    }
+
+    /// [`Cluster::build`] with options: see [`SimOptions`].
+    ///
+    /// # Errors
+    /// As [`Cluster::build`]; also when the redirect node is out of range
+    /// or the redirect helper cannot be attached (`bpf_redirect_peer`
+    /// needs a 5.10+ kernel).
+    pub fn build_with(prefix: &str, opts: SimOptions) -> io::Result<Cluster> {
+        if let Some(r) = opts.redirect_node {
+            if r >= 6 {
+                return Err(io::Error::other(format!(
+                    "redirect node {r} out of range (0..6)"
+                )));
+            }
+        }
         sweep(prefix)?;
         let fabric = ok(NetNs::new(&format!("{prefix}-fabric")), "fabric namespace")?;
         fabric.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
@@ -255,6 +308,10 @@ impl Cluster {
         );
         nodes[service_client_node].ns.exec(&["nft", &rules])?;
 
+        if let Some(r) = opts.redirect_node {
+            redirect_node_setup(&helpers, &nodes[r], &pods, r, opts.legacy_tc, &mut links)?;
+        }
+
         Ok(Cluster {
             prefix: prefix.to_string(),
             pods,
@@ -264,6 +321,7 @@ impl Cluster {
             fabric,
             service_backend,
             service_client_node,
+            redirect_node: opts.redirect_node,
             helpers,
             links,
         })
@@ -315,16 +373,54 @@ impl Cluster {
     ///
     /// # Errors
     /// When nft refuses the rules.
+    ///
+    /// On the redirect node ([`SimOptions::redirect_node`]) packets for its
+    /// pods skip its forward hook: the pairs from the database to its pods
+    /// and between two of its pods are counted in the destination pod's
+    /// own namespace instead, in its prerouting hook (the first place the
+    /// redirected packets reach a netfilter hook; same L3 bytes).
     pub fn install_reference(&self) -> io::Result<Reference> {
         let mut reference = Reference { refs: Vec::new() };
+        let mut in_pod: Vec<Vec<(IpAddr, IpAddr)>> = vec![Vec::new(); self.pods.len()];
         for node in 0..self.nodes.len() {
-            let pairs: Vec<_> = (0..self.pods.len())
-                .filter(|&i| self.pods[i].node == node)
-                .flat_map(|i| self.reference_pairs(i))
-                .collect();
-            reference.add(self, node, &pairs)?;
+            let mut pairs = Vec::new();
+            for i in (0..self.pods.len()).filter(|&i| self.pods[i].node == node) {
+                for pair in self.reference_pairs(i) {
+                    match self.redirected_to(pair.1) {
+                        Some(q)
+                            if self.redirect_node == Some(node)
+                                || pair.0 == IpAddr::V4(EXTERNAL_IP) =>
+                        {
+                            in_pod[q].push(pair);
+                        }
+                        _ => pairs.push(pair),
+                    }
+                }
+            }
+            reference.add(self, Where::Node(node), &pairs)?;
+        }
+        for (q, pairs) in in_pod.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+            reference.add(self, Where::Pod(q), pairs)?;
         }
         Ok(reference)
+    }
+
+    /// The pod on the redirect node that holds `ip`, if any: packets to it
+    /// arriving on that node are redirected into its namespace.
+    fn redirected_to(&self, ip: IpAddr) -> Option<usize> {
+        let r = self.redirect_node?;
+        self.pods.iter().position(|p| {
+            p.node == r && (IpAddr::V4(p.v4) == ip || p.v6.map(IpAddr::V6) == Some(ip))
+        })
+    }
+
+    /// Packets the redirect node's helper delivered with
+    /// `bpf_redirect_peer`, and redirects the kernel refused.
+    ///
+    /// # Errors
+    /// The kernel's error.
+    pub fn redirected_packets(&self) -> io::Result<(u64, u64)> {
+        self.helpers.redirect_counters()
     }
 
     /// The address pairs whose packets pod `i`'s node forwards first:
@@ -364,6 +460,16 @@ impl Cluster {
         to: usize,
         reference: &mut Reference,
     ) -> io::Result<PodMove> {
+        if self
+            .redirect_node
+            .is_some_and(|r| self.pods[i].node == r || to == r)
+        {
+            // The redirect helper's targets and the reference in the pod's
+            // namespace would go stale.
+            return Err(io::Error::other(
+                "moving a pod from or to the redirect node is not supported",
+            ));
+        }
         if self.pods[i].vlan {
             // Its tagging helpers are attached to its links.
             return Err(io::Error::other(
@@ -418,7 +524,7 @@ impl Cluster {
             },
         );
         let pairs = self.reference_pairs(i);
-        reference.add(self, to, &pairs)?;
+        reference.add(self, Where::Node(to), &pairs)?;
         Ok(done)
     }
 
@@ -434,6 +540,64 @@ impl Cluster {
     pub fn helper_links(&self) -> usize {
         self.links.len()
     }
+}
+
+/// The MAC address of `dev` in `ns`.
+fn link_mac(ns: &NetNs, dev: &str) -> io::Result<[u8; 6]> {
+    let link = ns.exec(&["ip", "-o", "link", "show", "dev", dev])?;
+    let mac = link
+        .split_once("link/ether ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .ok_or_else(|| io::Error::other(format!("no MAC for {dev}: {link:?}")))?;
+    parse_mac(mac)
+}
+
+/// Makes node `r` deliver into its pods with `bpf_redirect_peer`: the
+/// helper learns every pod address of the node (destination MAC: the
+/// pod's own `eth0`), and is attached to the uplink's ingress (TCX) and to
+/// every pod link's ingress (TCX after netscope, or legacy TC at Cilium's
+/// priority 1, handle 1).
+fn redirect_node_setup(
+    helpers: &TestPrograms,
+    node: &SimNode,
+    pods: &[SimPod],
+    r: usize,
+    legacy_tc: bool,
+    links: &mut Vec<OwnedFd>,
+) -> io::Result<()> {
+    for p in pods.iter().filter(|p| p.node == r) {
+        let ifindex = ifindex_in(&node.ns, &p.host_if)?;
+        let pod_mac = link_mac(&p.ns, "eth0")?;
+        let host_mac = link_mac(&node.ns, &p.host_if)?;
+        for addr in std::iter::once(IpAddr::V4(p.v4)).chain(p.v6.map(IpAddr::V6)) {
+            helpers.redirect_to(addr, ifindex, pod_mac, host_mac)?;
+        }
+        let prog = helpers.redirect_peer.try_clone()?;
+        if legacy_tc {
+            node.ns.run(move || {
+                tc_attach(
+                    prog.as_fd(),
+                    ifindex,
+                    true,
+                    REDIRECT_TC_HANDLE,
+                    REDIRECT_TC_PRIORITY,
+                )
+                .map(drop)
+            })?;
+        } else {
+            links.push(
+                node.ns
+                    .run(move || tcx_append(prog.as_fd(), ifindex, true))?,
+            );
+        }
+    }
+    let up = ifindex_in(&node.ns, "uplink")?;
+    let prog = helpers.redirect_peer.try_clone()?;
+    links.push(ok(
+        node.ns.run(move || tcx_append(prog.as_fd(), up, true)),
+        "redirect helper on the uplink",
+    )?);
+    Ok(())
 }
 
 /// Routes `prefix` via `gateway` in `ns`, replacing a route to the same
@@ -562,23 +726,33 @@ impl PodMove {
     }
 }
 
+/// Where a set of reference counters lives.
+#[derive(Debug, Clone, Copy)]
+enum Where {
+    /// A node's forward hook.
+    Node(usize),
+    /// A pod's own prerouting hook (pods on the redirect node, which never move).
+    Pod(usize),
+}
+
 /// The nftables reference counters of a [`Cluster`].
 #[derive(Debug)]
 pub struct Reference {
-    /// (node index, its counters); a node may have several sets.
-    refs: Vec<(usize, NftReference)>,
+    /// (where, its counters); a node may have several sets.
+    refs: Vec<(Where, NftReference)>,
 }
 
 impl Reference {
-    /// Installs counters for `pairs` in node `node`'s forward hook.
-    fn add(
-        &mut self,
-        cluster: &Cluster,
-        node: usize,
-        pairs: &[(IpAddr, IpAddr)],
-    ) -> io::Result<()> {
-        let r = NftReference::install(&cluster.nodes[node].ns, pairs)?;
-        self.refs.push((node, r));
+    /// Installs counters for `pairs` in node `node`'s forward hook, or in
+    /// a pod's prerouting hook.
+    fn add(&mut self, cluster: &Cluster, at: Where, pairs: &[(IpAddr, IpAddr)]) -> io::Result<()> {
+        let r = match at {
+            Where::Node(n) => NftReference::install(&cluster.nodes[n].ns, pairs)?,
+            Where::Pod(p) => {
+                NftReference::install_at(&cluster.pods[p].ns, RefHook::Prerouting, pairs)?
+            }
+        };
+        self.refs.push((at, r));
         Ok(())
     }
 
@@ -588,8 +762,12 @@ impl Reference {
     /// When nft fails.
     pub fn read(&self, cluster: &Cluster) -> io::Result<HashMap<(IpAddr, IpAddr), Counters>> {
         let mut all: HashMap<(IpAddr, IpAddr), Counters> = HashMap::new();
-        for (node, r) in &self.refs {
-            for (pair, c) in r.read(&cluster.nodes[*node].ns)? {
+        for (at, r) in &self.refs {
+            let ns = match *at {
+                Where::Node(n) => &cluster.nodes[n].ns,
+                Where::Pod(p) => &cluster.pods[p].ns,
+            };
+            for (pair, c) in r.read(ns)? {
                 *all.entry(pair).or_default() += c;
             }
         }
@@ -883,6 +1061,26 @@ impl Traffic {
                 ..to_pod(fe1, api1, 300, 12_000, ms(40), "frontend->api (IPv6)")
             });
         }
+        // Same node on the redirect node: the sender's link ingress
+        // redirects straight into the receiver (never on the uplink).
+        if let Some(r) = c.redirect_node {
+            let on_r: Vec<usize> = (0..c.pods.len()).filter(|&i| c.pods[i].node == r).collect();
+            let server = on_r
+                .iter()
+                .copied()
+                .find(|&i| SERVERS.contains(&c.pods[i].workload));
+            let from = on_r.iter().copied().find(|&i| Some(i) != server);
+            if let (Some(from), Some(server)) = (from, server) {
+                patterns.push(to_pod(
+                    from,
+                    server,
+                    500,
+                    6_000,
+                    ms(30),
+                    "same node (redirect node)",
+                ));
+            }
+        }
         let clients = patterns
             .into_iter()
             .map(|p| start_client(c, p, deadline))
@@ -916,13 +1114,7 @@ impl Traffic {
         deadline: Instant,
     ) -> io::Result<()> {
         let pod = &c.pods[from];
-        let node = &c.nodes[pod.node].ns;
-        let link = node.exec(&["ip", "-o", "link", "show", "dev", &pod.host_if])?;
-        let mac = link
-            .split_once("link/ether ")
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .ok_or_else(|| io::Error::other(format!("no MAC for {}: {link:?}", pod.host_if)))?;
-        let dst_mac = parse_mac(mac)?;
+        let dst_mac = link_mac(&c.nodes[pod.node].ns, &pod.host_if)?;
         let frame = malformed_ipv4(dst_mac, pod.v4, to);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();

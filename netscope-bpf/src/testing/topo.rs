@@ -147,6 +147,16 @@ pub struct NftReference {
 /// The nftables table the reference lives in.
 pub const NFT_TABLE: &str = "netscope_ref";
 
+/// The netfilter hook an [`NftReference`] counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefHook {
+    /// Forward: what a router forwards (a node).
+    Forward,
+    /// Prerouting: everything that arrives (a pod's own namespace, for
+    /// packets that skip their node's forward hook).
+    Prerouting,
+}
+
 impl NftReference {
     /// Installs one named counter per ordered pair, in `ns`'s forward hook
     /// (table [`NFT_TABLE`], created on first use).
@@ -154,8 +164,20 @@ impl NftReference {
     /// # Errors
     /// When nft refuses the rules.
     pub fn install(ns: &NetNs, pairs: &[(IpAddr, IpAddr)]) -> io::Result<Self> {
+        Self::install_at(ns, RefHook::Forward, pairs)
+    }
+
+    /// [`NftReference::install`] in the given hook.
+    ///
+    /// # Errors
+    /// When nft refuses the rules.
+    pub fn install_at(ns: &NetNs, hook: RefHook, pairs: &[(IpAddr, IpAddr)]) -> io::Result<Self> {
+        let (chain, hook) = match hook {
+            RefHook::Forward => ("forward_ref", "forward"),
+            RefHook::Prerouting => ("prerouting_ref", "prerouting"),
+        };
         let mut script = format!(
-            "table inet {NFT_TABLE} {{\n chain forward_ref {{ type filter hook forward priority -300; policy accept; }}\n}}\n"
+            "table inet {NFT_TABLE} {{\n chain {chain} {{ type filter hook {hook} priority -300; policy accept; }}\n}}\n"
         );
         // Several sets may share a namespace's table: names are unique per process.
         static SET: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -166,7 +188,7 @@ impl NftReference {
             let fam = if s.is_ipv4() { "ip" } else { "ip6" };
             script.push_str(&format!("add counter inet {NFT_TABLE} {name}\n"));
             script.push_str(&format!(
-                "add rule inet {NFT_TABLE} forward_ref {fam} saddr {s} {fam} daddr {d} counter name {name}\n"
+                "add rule inet {NFT_TABLE} {chain} {fam} saddr {s} {fam} daddr {d} counter name {name}\n"
             ));
             names.push(((*s, *d), name));
         }
