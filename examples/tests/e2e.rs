@@ -16,8 +16,10 @@
 //! zone, those after to the new pod and its zone, each equal to the
 //! reference. Throughout (`--hostile`), two pods send IPv4 frames whose
 //! total length is below their header length, and a host on the underlay
-//! reports in node-1's name: neither may change a count. Runs in TCX and
-//! legacy-TC mode. In TCX mode Prometheus also
+//! reports in node-1's name: neither may change a count. Node-3 delivers
+//! into its pods with `bpf_redirect_peer` from its uplink and from its pod
+//! links' ingress, as Cilium's BPF host routing does (the receiver's
+//! egress hook never runs there). Runs in TCX and legacy-TC mode. In TCX mode Prometheus also
 //! scrapes the agents, and every query of the chart's Grafana dashboard
 //! (charts/netscope/dashboards/netscope.json) must return data, its zone
 //! matrix and cost panels equal to what the demo computed.
@@ -68,6 +70,8 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16, check_d
             "--restarts",
             "--move-pod",
             "--hostile",
+            "--redirect-node",
+            "3",
             "--exit",
             "--attach-mode",
             mode,
@@ -161,6 +165,18 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16, check_d
         stdout.contains("reported for node-1: status: PermissionDenied")
             && stdout.contains("not_the_node\"} 0 -> 1"),
         "the impersonating report was not refused and counted:\n{stdout}"
+    );
+    // Node-3 delivered into its pods the way Cilium's BPF host routing
+    // does, and those pairs (checked above, with the pod-side reference)
+    // were exact.
+    assert!(
+        stdout.contains("verify: node-3: ")
+            && stdout.contains("delivered with bpf_redirect_peer, 0 refused"),
+        "the redirect node did not redirect:\n{stdout}"
+    );
+    assert!(
+        !stdout.contains("verify: node-3: 0 packets"),
+        "nothing was redirected:\n{stdout}"
     );
     // Nothing left behind.
     let ns = Command::new("ip")
