@@ -85,12 +85,25 @@ pub fn report(data: &[u8]) {
         return;
     };
     let limits = ValidationLimits::default();
-    let Ok(report) = report_from_proto(wire, &limits) else {
+    // Validation as of the window's end: deterministic, and no window is
+    // in the future.
+    let now = SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_nanos(u64::try_from(wire.window_end_unix_nanos).unwrap_or(0));
+    let Ok(validated) = report_from_proto(wire, &limits, now) else {
         return;
     };
-    let again = report_from_proto(report_to_proto(&report), &limits)
+    let report = validated.report;
+    let again = report_from_proto(report_to_proto(&report), &limits, now)
         .unwrap_or_else(|e| panic!("a validated report fails validation once re-encoded: {e}"));
-    assert_eq!(again, report, "re-encoding changed a validated report");
+    assert_eq!(
+        again.report, report,
+        "re-encoding changed a validated report"
+    );
+    assert!(
+        again.drops.total() == 0,
+        "samples kept by validation were dropped once re-encoded: {:?}",
+        again.drops
+    );
 
     let sum = Arc::new(Sum::default());
     let agg = Aggregator::new(
@@ -106,8 +119,14 @@ pub fn report(data: &[u8]) {
         !out.duplicate,
         "a fresh aggregator took a report as a replay"
     );
+    if out.refused.is_some() {
+        // Refused whole (implausible bytes for the window, say): nothing
+        // may have been exported.
+        assert_eq!(sum.0.lock().unwrap_or_else(|p| p.into_inner()).0, 0);
+        return;
+    }
     assert_eq!(
-        out.counted + out.other_view,
+        out.counted + out.other_view + out.wrong_node,
         n,
         "samples neither counted nor set aside"
     );

@@ -167,7 +167,7 @@ impl Reporter {
         )
         .with_max_report_samples(config.max_report_samples);
         info!(
-            node = %config.node_name,
+            node = ?config.node_name,
             instance = %buffer.instance(),
             "reporter started with a fresh instance id"
         );
