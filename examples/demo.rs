@@ -77,8 +77,9 @@ struct Args {
     /// Node number (1-6) that delivers into its pods with
     /// `bpf_redirect_peer` from its uplink's and its pod links' ingress, as
     /// Cilium with BPF host routing does; adds a same-node pod pair on it.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=6))]
-    redirect_node: Option<u8>,
+    /// 0: every node routes through the kernel.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=6))]
+    redirect_node: u8,
 
     /// Namespace prefix (must start with ns- or netscope-test-).
     #[arg(long, default_value = "ns-sim")]
@@ -475,7 +476,7 @@ fn run(
 ) -> Result<()> {
     println!("demo: building the simulated cluster (3 zones x 2 nodes, 10 pods, an external database) ...");
     let opts = sim::SimOptions {
-        redirect_node: args.redirect_node.map(|n| usize::from(n) - 1),
+        redirect_node: (args.redirect_node > 0).then(|| usize::from(args.redirect_node) - 1),
         legacy_tc: args.attach_mode == AttachMode::Tc,
     };
     let mut cluster =

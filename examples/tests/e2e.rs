@@ -16,10 +16,11 @@
 //! zone, those after to the new pod and its zone, each equal to the
 //! reference. Throughout (`--hostile`), two pods send IPv4 frames whose
 //! total length is below their header length, and a host on the underlay
-//! reports in node-1's name: neither may change a count. Node-3 delivers
+//! reports in node-1's name: neither may change a count. One node delivers
 //! into its pods with `bpf_redirect_peer` from its uplink and from its pod
 //! links' ingress, as Cilium's BPF host routing does (the receiver's
-//! egress hook never runs there). Runs in TCX and legacy-TC mode. In TCX mode Prometheus also
+//! egress hook never runs there): node-3 in TCX and legacy-TC mode, and
+//! node-5, the `cache` Service's backend, in a third legacy-TC run. In TCX mode Prometheus also
 //! scrapes the agents, and every query of the chart's Grafana dashboard
 //! (charts/netscope/dashboards/netscope.json) must return data, its zone
 //! matrix and cost panels equal to what the demo computed.
@@ -46,7 +47,14 @@ fn dashboard() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/netscope/dashboards/netscope.json")
 }
 
-fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16, check_dashboard: bool) {
+fn run_demo(
+    mode: &str,
+    prefix: &str,
+    metrics_port: u16,
+    prom_port: u16,
+    check_dashboard: bool,
+    redirect_node: u8,
+) {
     let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = target_dir();
     let demo = dir.join("examples/demo");
@@ -70,14 +78,13 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16, check_d
             "--restarts",
             "--move-pod",
             "--hostile",
-            "--redirect-node",
-            "3",
             "--exit",
             "--attach-mode",
             mode,
             "--prefix",
             prefix,
         ])
+        .args(["--redirect-node", &redirect_node.to_string()])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .args(["--prometheus", &format!("127.0.0.1:{prom_port}")])
         .args(["--bin-dir", &dir.to_string_lossy()])
@@ -166,17 +173,17 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16, check_d
             && stdout.contains("not_the_node\"} 0 -> 1"),
         "the impersonating report was not refused and counted:\n{stdout}"
     );
-    // Node-3 delivered into its pods the way Cilium's BPF host routing
-    // does, and those pairs (checked above, with the pod-side reference)
-    // were exact.
+    // The redirect node delivered into its pods the way Cilium's BPF host
+    // routing does, and its pairs (checked above, with the pod-side
+    // reference) were exact.
+    let redirected = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("verify: node-{redirect_node}: ")))
+        .unwrap_or_else(|| panic!("no redirect summary for node-{redirect_node}:\n{stdout}"));
     assert!(
-        stdout.contains("verify: node-3: ")
-            && stdout.contains("delivered with bpf_redirect_peer, 0 refused"),
-        "the redirect node did not redirect:\n{stdout}"
-    );
-    assert!(
-        !stdout.contains("verify: node-3: 0 packets"),
-        "nothing was redirected:\n{stdout}"
+        redirected.ends_with("delivered with bpf_redirect_peer, 0 refused")
+            && !redirected.contains(": 0 packets"),
+        "{redirected}"
     );
     // Nothing left behind.
     let ns = Command::new("ip")
@@ -187,12 +194,20 @@ fn run_demo(mode: &str, prefix: &str, metrics_port: u16, prom_port: u16, check_d
     assert!(!left.contains(prefix), "namespaces left behind: {left}");
 }
 
+// Node-3 (the two `api` pods, one dual-stack) redirects: pairs into it
+// from other nodes, IPv6, and between its own two pods.
 #[test]
 fn e2e_simulated_cluster_tcx() {
-    run_demo("tcx", "netscope-test-e2ex", 19464, 19090, true);
+    run_demo("tcx", "netscope-test-e2ex", 19464, 19090, true, 3);
 }
 
 #[test]
 fn e2e_simulated_cluster_legacy_tc() {
-    run_demo("tc", "netscope-test-e2et", 19465, 19091, false);
+    run_demo("tc", "netscope-test-e2et", 19465, 19091, false, 3);
+}
+
+// Node-5 redirects: it holds the backend of the `cache` ClusterIP.
+#[test]
+fn e2e_simulated_cluster_legacy_tc_service_backend_redirected() {
+    run_demo("tc", "netscope-test-e2eb", 19466, 19092, false, 5);
 }
