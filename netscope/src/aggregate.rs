@@ -50,10 +50,21 @@ pub fn counted_direction(
     dst: &Endpoint,
     resolver: &dyn Resolver,
 ) -> Option<Direction> {
-    if src.kind == EndpointKind::Pod && resolver.is_monitored_node(&src.node) {
+    counted_given(sender_counts(src, resolver), src.kind, dst.kind)
+}
+
+/// True when the source is a pod on a monitored node: its sender's
+/// `FromPod` counts, whatever the destination.
+fn sender_counts(src: &Endpoint, resolver: &dyn Resolver) -> bool {
+    src.kind == EndpointKind::Pod && resolver.is_monitored_node(&src.node)
+}
+
+/// [`counted_direction`] once [`sender_counts`] is known.
+fn counted_given(sender: bool, src: EndpointKind, dst: EndpointKind) -> Option<Direction> {
+    if sender {
         Some(Direction::FromPod)
-    } else if dst.kind == EndpointKind::Pod {
-        (src.kind != EndpointKind::Service).then_some(Direction::ToPod)
+    } else if dst == EndpointKind::Pod {
+        (src != EndpointKind::Service).then_some(Direction::ToPod)
     } else {
         Some(Direction::FromPod)
     }
@@ -535,8 +546,16 @@ impl Aggregator {
         let mut counts = ResolveCounts::default();
         for s in &report.samples {
             let src = resolver.resolve(s.key.src, at);
+            let sender = sender_counts(&src, resolver);
+            // The receiver's view of a monitored pod's traffic (half of all
+            // pod-to-pod samples) is settled without resolving its
+            // destination.
+            if sender && s.key.direction == Direction::ToPod {
+                counts.other_view += 1;
+                continue;
+            }
             let dst = resolver.resolve(s.key.dst, at);
-            if counted_direction(&src, &dst, resolver) != Some(s.key.direction) {
+            if counted_given(sender, src.kind, dst.kind) != Some(s.key.direction) {
                 counts.other_view += 1;
                 continue;
             }
