@@ -1,14 +1,16 @@
 //! The binary as a user meets it: --help, bad flags, and a smoke run that
 //! takes a report over gRPC and shows it in /metrics on the same port.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use netscope::report::ReportSink;
 use netscope::transport::client::{ClientConfig, GrpcSink};
 use netscope::{Counters, Direction, FlowKey, FlowSample, InstanceId, Report};
+
+mod support;
+use support::{free_port, http_get, Killed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netscope-aggregator");
 
@@ -93,29 +95,6 @@ fn zero_reload_interval_is_refused() {
     );
     // Refused by the flag parser, before any file is read.
     assert!(!err.contains("/nonexistent/topology.yaml"), "{err}");
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr")
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
 }
 
 /// `--http-listen-addr`: /healthz, /readyz and /metrics in plain HTTP on a

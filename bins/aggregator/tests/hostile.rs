@@ -4,8 +4,7 @@
 //! a clear error, or absorbed (counted and logged, escaped) while the
 //! process keeps answering probes and counting valid reports.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -13,6 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use netscope::report::ReportSink;
 use netscope::transport::client::{ClientConfig, GrpcSink};
 use netscope::{Counters, Direction, FlowKey, FlowSample, InstanceId, Report};
+
+mod support;
+use support::{free_port, http_get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netscope-aggregator");
 
@@ -224,22 +226,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr")
-}
-
-/// One HTTP/1.1 GET; `None` when it does not answer within 5 s.
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
 }
 
 /// The value of an unlabelled counter in a /metrics answer (0 if absent).

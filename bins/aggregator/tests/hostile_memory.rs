@@ -3,42 +3,20 @@
 //! real binary. Prints both; asserts the bound (a memory bound, not a
 //! timing one): peak RSS at most 128 MiB above idle.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use netscope::transport::convert::time_to_nanos;
 use netscope::transport::pb;
 
+mod support;
+use support::{free_port, http_get, Killed};
+
 const BIN: &str = env!("CARGO_BIN_EXE_netscope-aggregator");
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr")
-}
-
 fn ready(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
+    http_get(addr, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
 }
 
 /// `VmRSS` and `VmHWM` of `pid`, in KiB.
@@ -145,7 +123,7 @@ fn three_hostile_clients_stay_within_128_mib_of_idle() {
         .spawn()
         .expect("start the aggregator");
     let pid = child.id();
-    let _guard = Kill(child);
+    let _guard = Killed(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready(addr) {
         assert!(
