@@ -1279,23 +1279,9 @@ fn urlencode(s: &str) -> String {
 
 /// One instant query through Prometheus' HTTP API: the sum of the result vector.
 fn promql(addr: SocketAddr, query: &str) -> Result<Option<f64>> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-        .context("connecting to Prometheus")?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET /api/v1/query?query={} HTTP/1.0\r\nHost: {addr}\r\n\r\n",
-        urlencode(query)
-    )?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    let json = body.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let v: serde_json::Value =
-        serde_json::from_str(json).with_context(|| format!("Prometheus answered: {json}"))?;
-    if v["status"] != "success" {
-        bail!("query {query:?} failed: {json}");
-    }
-    let results = v["data"]["result"].as_array().cloned().unwrap_or_default();
+    let data = demo_deploy::api(addr, &format!("/api/v1/query?query={}", urlencode(query)))
+        .with_context(|| format!("query {query:?}"))?;
+    let results = data["result"].as_array().cloned().unwrap_or_default();
     if results.is_empty() {
         return Ok(None);
     }

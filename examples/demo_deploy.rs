@@ -82,7 +82,7 @@ impl Launch {
 }
 
 /// One HTTP GET against Prometheus' API: the JSON `data`.
-fn api(addr: SocketAddr, path_and_query: &str) -> Result<serde_json::Value> {
+pub(crate) fn api(addr: SocketAddr, path_and_query: &str) -> Result<serde_json::Value> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .context("connecting to Prometheus")?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
