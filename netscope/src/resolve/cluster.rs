@@ -15,6 +15,7 @@ use std::time::SystemTime;
 use crate::endpoint::{Endpoint, EndpointKind, WorkloadKind};
 
 use super::ipmap::IpMap;
+use super::services::ServiceTopology;
 use super::IpPrefix;
 
 /// One pod's hold on an address: from `since` until `until` (open while the
@@ -76,6 +77,8 @@ pub struct ClusterSnapshot {
     live_pods: HashMap<Arc<str>, HashSet<Arc<str>>>,
     pod_claims: usize,
     ended_claims: usize,
+    /// Services and their endpoints per zone (EndpointSlices).
+    service_topology: Arc<ServiceTopology>,
 }
 
 impl Default for ClusterSnapshot {
@@ -149,6 +152,12 @@ impl ClusterSnapshot {
     pub fn ended_claim_count(&self) -> usize {
         self.ended_claims
     }
+
+    /// Services with their endpoints per zone (empty when the source lists
+    /// none).
+    pub fn service_topology(&self) -> &Arc<ServiceTopology> {
+        &self.service_topology
+    }
 }
 
 /// Collects claims and builds a [`ClusterSnapshot`]. Addresses may be added
@@ -160,6 +169,7 @@ pub struct ClusterSnapshotBuilder {
     services: IpMap<Arc<Endpoint>>,
     monitored_nodes: HashSet<Arc<str>>,
     service_cidrs: Vec<IpPrefix>,
+    service_topology: Arc<ServiceTopology>,
 }
 
 impl ClusterSnapshotBuilder {
@@ -214,6 +224,12 @@ impl ClusterSnapshotBuilder {
         self
     }
 
+    /// Sets the Services' endpoint topology.
+    pub fn service_topology(&mut self, topology: Arc<ServiceTopology>) -> &mut Self {
+        self.service_topology = topology;
+        self
+    }
+
     /// Builds the snapshot.
     pub fn build(self) -> ClusterSnapshot {
         let mut slots = IpMap::with_capacity(self.pods.len() + self.nodes.len());
@@ -261,6 +277,7 @@ impl ClusterSnapshotBuilder {
             live_pods,
             pod_claims,
             ended_claims,
+            service_topology: self.service_topology,
         }
     }
 }

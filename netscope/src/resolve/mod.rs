@@ -31,6 +31,7 @@ mod ipmap;
 pub mod kube;
 pub mod layered;
 pub mod lpm;
+pub mod services;
 pub mod static_topo;
 mod watched;
 
@@ -38,6 +39,7 @@ pub use cluster::{ClusterSnapshot, ClusterSnapshotBuilder};
 pub use custom::{CustomEndpoints, CustomEndpointsOptions, ReloadOutcome};
 pub use layered::LayeredResolver;
 pub use lpm::{IpPrefix, PrefixParseError, PrefixTable};
+pub use services::{ServiceInfo, ServiceRef, ServiceTopology, ServiceTopologyBuilder};
 pub use static_topo::{StaticResolver, StaticTopologyOptions};
 pub use watched::MAX_YAML_DEPTH;
 

@@ -26,6 +26,10 @@
 //!   - name: api
 //!     namespace: shop
 //!     ips: [10.96.0.10, "fd00:96::10"]   # ClusterIPs
+//!     endpoints: [web-7c9f-x2x1z]  # optional: pods of this namespace
+//!                                  # backing it (ready endpoints)
+//!     traffic_distribution: PreferClose  # optional
+//!     hints: false            # optional: EndpointSlices carry zone hints
 //! service_cidrs: [10.96.0.0/12, "fd00:96::/108"]
 //! ```
 //!
@@ -61,6 +65,7 @@ use serde::Deserialize;
 use crate::endpoint::{Endpoint, EndpointKind, WorkloadKind};
 
 use super::custom::ReloadOutcome;
+use super::services::{ServiceEndpoint, ServiceRef, ServiceTopologyBuilder};
 use super::watched::{check_yaml_shape, every, WatchedFile};
 use super::{
     error_chain, ClusterSnapshot, ClusterSnapshotBuilder, EntryRef, IpPrefix, ResolveError,
@@ -140,6 +145,15 @@ struct RawService {
     namespace: Option<String>,
     #[serde(default)]
     ips: Vec<String>,
+    /// Names of pods in the Service's namespace that back it (its ready
+    /// endpoints).
+    #[serde(default)]
+    endpoints: Vec<String>,
+    /// `spec.trafficDistribution`, e.g. `PreferClose`.
+    traffic_distribution: Option<String>,
+    /// True when the Service's EndpointSlices carry zone hints.
+    #[serde(default)]
+    hints: bool,
 }
 
 fn required(
@@ -281,6 +295,8 @@ fn parse(text: &str, path: &Path) -> Result<Parsed, ResolveError> {
 
     let pods = raw.pods.len();
     let mut pod_ips = Vec::with_capacity(pods);
+    // (namespace, name) -> (zone, addresses), for Service endpoints.
+    let mut pod_index: HashMap<(String, String), (Arc<str>, Vec<IpAddr>)> = HashMap::new();
     for (index, p) in raw.pods.into_iter().enumerate() {
         let entry = EntryRef::new("pods", index, p.name.as_deref());
         let name = required(p.name, &entry, "name")?;
@@ -295,6 +311,10 @@ fn parse(text: &str, path: &Path) -> Result<Parsed, ResolveError> {
                 value: node_name.clone(),
             })?;
         let ips = claims.parse(&entry, &p.ips)?;
+        pod_index.insert(
+            (namespace.clone(), name.clone()),
+            (node.zone.clone(), ips.clone()),
+        );
         if p.host_network {
             for ip in ips {
                 builder.node_ip(ip, node.clone());
@@ -322,11 +342,34 @@ fn parse(text: &str, path: &Path) -> Result<Parsed, ResolveError> {
         pod_ips.extend(ips.into_iter().map(|ip| (ip, endpoint.clone())));
     }
 
+    let mut topology = ServiceTopologyBuilder::default();
     for (index, s) in raw.services.into_iter().enumerate() {
         let entry = EntryRef::new("services", index, s.name.as_deref());
         let name: Arc<str> = Arc::from(required(s.name, &entry, "name")?);
         let namespace = required(s.namespace, &entry, "namespace")?;
         let ips = claims.parse(&entry, &s.ips)?;
+        let service = ServiceRef::new(&namespace, &name);
+        topology.service(service.clone(), s.traffic_distribution.as_deref());
+        if s.hints {
+            topology.hints(service.clone());
+        }
+        for (i, pod) in s.endpoints.iter().enumerate() {
+            let (zone, pod_ips) = pod_index
+                .get(&(namespace.clone(), pod.trim().to_owned()))
+                .ok_or_else(|| ResolveError::UnknownReference {
+                    entry: entry.clone(),
+                    field: "endpoints",
+                    value: format!("{pod} (endpoints[{i}])"),
+                })?;
+            topology.endpoint(
+                service.clone(),
+                ServiceEndpoint {
+                    ips: pod_ips.clone(),
+                    zone: (!zone.is_empty()).then(|| zone.clone()),
+                    ready: true,
+                },
+            );
+        }
         let endpoint = Arc::new(Endpoint {
             kind: EndpointKind::Service,
             name: name.clone(),
@@ -351,6 +394,7 @@ fn parse(text: &str, path: &Path) -> Result<Parsed, ResolveError> {
         })?;
         builder.service_cidr(prefix);
     }
+    builder.service_topology(Arc::new(topology.build()));
     Ok(Parsed {
         base: builder,
         pod_ips,
@@ -841,6 +885,51 @@ service_cidrs: [10.96.0.0/12]
         );
         let e = err_of("nodes:\n  - {name: a, zone: z}\n  - {name: a, zone: y}\n");
         assert!(e.contains("nodes[1] (a): field `name`"), "{e}");
+    }
+
+    #[test]
+    fn services_list_their_endpoints_per_zone() {
+        let r = StaticResolver::from_yaml(
+            "nodes:\n  - {name: a, zone: za, ips: [192.168.0.1]}\n  - {name: b, zone: zb}\n\
+             pods:\n  - {name: p1, namespace: n, node: a, ips: [10.0.1.1]}\n\
+             \x20 - {name: p2, namespace: n, node: b, ips: [10.0.2.1, \"fd00::2\"]}\n\
+             \x20 - {name: p3, namespace: n, node: b, ips: [10.0.2.2]}\n\
+             services:\n  - {name: api, namespace: n, ips: [10.96.0.1], endpoints: [p1, p2, p3], traffic_distribution: PreferClose}\n\
+             \x20 - {name: old, namespace: n, endpoints: [p3], hints: true}\n\
+             \x20 - {name: none, namespace: n}\n",
+        )
+        .expect("valid topology");
+        let snap = r.snapshot();
+        let t = snap.service_topology();
+        assert_eq!(t.len(), 3);
+        let api = t.get(&ServiceRef::new("n", "api")).expect("api");
+        assert_eq!(
+            api.ready_by_zone
+                .iter()
+                .map(|(z, n)| (&**z, *n))
+                .collect::<Vec<_>>(),
+            [("za", 1), ("zb", 2)]
+        );
+        assert_eq!(api.traffic_distribution.as_deref(), Some("PreferClose"));
+        assert!(t.get(&ServiceRef::new("n", "old")).expect("old").hints);
+        assert!(!t
+            .get(&ServiceRef::new("n", "none"))
+            .expect("none")
+            .routes_in_zone());
+        let of = |a: &str| -> Vec<String> {
+            t.services_of_endpoint(ip(a))
+                .map(|s| s.service.to_string())
+                .collect()
+        };
+        assert_eq!(of("fd00::2"), ["n/api"]);
+        assert_eq!(of("10.0.2.2"), ["n/api", "n/old"]);
+        assert!(of("10.96.0.1").is_empty(), "a ClusterIP is no endpoint");
+
+        let e = err_of(
+            "nodes:\n  - {name: a, zone: z}\npods:\n  - {name: p, namespace: other, node: a}\n\
+             services:\n  - {name: s, namespace: n, endpoints: [p]}\n",
+        );
+        assert!(e.contains("services[0] (s): field `endpoints`"), "{e}");
     }
 
     #[test]
