@@ -8,6 +8,8 @@
 //! - [`flowlog`]: one JSON object per flow and line, written by a thread of its
 //!   own behind a bounded queue, so a slow stdout never blocks ingest.
 //! - [`cost`]: the exact pricing arithmetic behind the cost counter.
+//! - [`service`]: cross-zone traffic per Service and the estimate of what
+//!   in-zone routing would save.
 //!
 //! Label values are never empty: the `*_label` methods on [`Endpoint`] define
 //! the fixed values used for unknown or absent fields, and metrics and flow
@@ -26,6 +28,7 @@ pub mod flowlog;
 pub mod prometheus;
 #[cfg(feature = "prometheus")]
 pub mod recorder;
+pub mod service;
 
 /// Namespace label value for endpoints of kind [`EndpointKind::Node`], which
 /// have no namespace of their own.
