@@ -204,6 +204,7 @@ fn main() -> Result<()> {
             metrics: Some(Arc::new(move || prometheus.render())),
             ready: ready.clone(),
             live: Some(live.clone()),
+            report: None,
         };
         let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
         let http_notice = StopNotice {

@@ -20,10 +20,11 @@ use netscope::export::prometheus::{
     CardinalityLimits, PrometheusConfig, PrometheusExporter, SeriesExpiry,
 };
 use netscope::export::recorder::RecorderBuilder;
+use netscope::export::service::{ServiceConfig, ServiceExporter, REPORT_LIMIT};
 use netscope::resolve::kube::{KubeResolver, KubeResolverConfig};
 use netscope::resolve::{
-    CustomEndpoints, CustomEndpointsOptions, IpPrefix, LayeredResolver, StaticResolver,
-    StaticTopologyOptions,
+    CustomEndpoints, CustomEndpointsOptions, IpPrefix, LayeredResolver, ServiceTopology,
+    StaticResolver, StaticTopologyOptions,
 };
 use netscope::transport::server::{
     serve, serve_http, HttpEndpoints, ServerConfig, ServerTls, DEFAULT_MAX_MESSAGE_BYTES,
@@ -114,6 +115,10 @@ struct Args {
     /// Cardinality guard: most distinct workload pairs.
     #[arg(long, default_value_t = 20_000)]
     max_workload_pairs: usize,
+    /// Cardinality guard: most distinct label sets of
+    /// netscope_service_network_traffic_bytes_total (more fold into `other`).
+    #[arg(long, default_value_t = 10_000)]
+    max_service_series: usize,
     /// Do not serve gRPC reflection.
     #[arg(long)]
     no_reflection: bool,
@@ -183,7 +188,8 @@ async fn main() -> Result<()> {
         })
         .context("Prometheus exporter")?,
     );
-    let mut exporters: Vec<Arc<dyn Exporter>> = vec![prom.clone()];
+    let services = service_exporter(&resolver, pricing, args.max_service_series);
+    let mut exporters: Vec<Arc<dyn Exporter>> = vec![prom.clone(), services.clone()];
     let flowlog = if args.enable_flow_logs {
         let f = Arc::new(FlowLogExporter::stdout(FlowLogConfig::default()).context("flow logs")?);
         exporters.push(f.clone());
@@ -253,6 +259,7 @@ async fn main() -> Result<()> {
     let http = HttpEndpoints {
         metrics: Some(Arc::new(move || prometheus.render())),
         live: Some(live.clone()),
+        report: Some(Arc::new(move || services.report(REPORT_LIMIT).to_json())),
         ..HttpEndpoints::default()
     };
     // Ready once the resolver has its initial lists.
@@ -303,6 +310,26 @@ async fn main() -> Result<()> {
     served?;
     info!("netscope-aggregator stopped");
     Ok(())
+}
+
+/// Service series and the in-zone routing estimate, from the resolver's
+/// Service topology (static `services:` section, or EndpointSlices).
+fn service_exporter(
+    resolver: &Arc<dyn Resolver>,
+    pricing: Pricing,
+    max_series: usize,
+) -> Arc<ServiceExporter> {
+    let resolver = resolver.clone();
+    let empty = Arc::new(ServiceTopology::default());
+    let topology = Arc::new(move || resolver.service_topology().unwrap_or_else(|| empty.clone()));
+    Arc::new(ServiceExporter::new(
+        ServiceConfig {
+            pricing,
+            max_series: max_series.max(1),
+            ..ServiceConfig::default()
+        },
+        topology,
+    ))
 }
 
 async fn shutdown_signal() {

@@ -487,6 +487,17 @@ pub struct ServiceReport {
     pub services_omitted: usize,
 }
 
+impl ServiceReport {
+    /// The report as pretty JSON (what `/report` serves).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("{{\"error\": {:?}}}", e.to_string()))
+    }
+}
+
+/// Services listed by `/report` at most.
+pub const REPORT_LIMIT: usize = 100;
+
 impl Exporter for ServiceExporter {
     fn export(&self, flows: &[ResolvedFlow]) {
         if flows.is_empty() {

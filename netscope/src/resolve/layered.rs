@@ -88,6 +88,18 @@ impl Resolver for LayeredResolver {
         self.layers.iter().any(|l| l.has_pod(namespace, name))
     }
 
+    /// The first layer's non-empty Service topology; else the first one.
+    fn service_topology(&self) -> Option<Arc<super::ServiceTopology>> {
+        let mut first = None;
+        for t in self.layers.iter().filter_map(|l| l.service_topology()) {
+            if !t.is_empty() {
+                return Some(t);
+            }
+            first.get_or_insert(t);
+        }
+        first
+    }
+
     /// Synced when every layer is.
     fn is_synced(&self) -> bool {
         self.layers.iter().all(|l| l.is_synced())

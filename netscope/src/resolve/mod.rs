@@ -104,6 +104,13 @@ pub trait Resolver: Send + Sync {
     fn has_pod(&self, _namespace: &str, _name: &str) -> bool {
         false
     }
+
+    /// The Services with their endpoints per zone (EndpointSlices), for
+    /// Service attribution and the in-zone routing estimate. `None` (the
+    /// default) for backends that know no Services' endpoints.
+    fn service_topology(&self) -> Option<Arc<ServiceTopology>> {
+        None
+    }
 }
 
 impl<R: Resolver + ?Sized> Resolver for Arc<R> {
@@ -124,6 +131,9 @@ impl<R: Resolver + ?Sized> Resolver for Arc<R> {
     }
     fn has_pod(&self, namespace: &str, name: &str) -> bool {
         (**self).has_pod(namespace, name)
+    }
+    fn service_topology(&self) -> Option<Arc<ServiceTopology>> {
+        (**self).service_topology()
     }
 }
 

@@ -755,6 +755,11 @@ impl Resolver for StaticResolver {
     fn has_pod(&self, namespace: &str, name: &str) -> bool {
         self.snapshot.load().has_pod(namespace, name)
     }
+
+    /// The `services:` section of the file in force.
+    fn service_topology(&self) -> Option<Arc<super::ServiceTopology>> {
+        Some(self.snapshot.load().service_topology().clone())
+    }
 }
 
 #[cfg(test)]

@@ -195,6 +195,9 @@ pub struct HttpEndpoints {
     /// `/healthz` answers 503 once this is set and false (a supervised
     /// part of the process stopped); `None`: always 200.
     pub live: Option<Arc<AtomicBool>>,
+    /// `/report` body (JSON, the Service estimate); `None` answers 404. The
+    /// function bounds its own output.
+    pub report: Option<MetricsRender>,
 }
 
 impl std::fmt::Debug for HttpEndpoints {
@@ -202,6 +205,7 @@ impl std::fmt::Debug for HttpEndpoints {
         f.debug_struct("HttpEndpoints")
             .field("metrics", &self.metrics.is_some())
             .field("ready", &self.ready.load(Ordering::Relaxed))
+            .field("report", &self.report.is_some())
             .finish()
     }
 }
@@ -607,7 +611,28 @@ pub fn http_router(http_endpoints: HttpEndpoints) -> axum::Router {
     let metrics = http_endpoints.metrics.clone();
     let ready = http_endpoints.ready.clone();
     let live = http_endpoints.live.clone();
+    let report = http_endpoints.report.clone();
     axum::Router::new()
+        .route(
+            "/report",
+            get(move || {
+                let report = report.clone();
+                async move {
+                    match report {
+                        Some(render) => (
+                            StatusCode::OK,
+                            [(axum::http::header::CONTENT_TYPE, "application/json")],
+                            render(),
+                        ),
+                        None => (
+                            StatusCode::NOT_FOUND,
+                            [(axum::http::header::CONTENT_TYPE, "text/plain")],
+                            String::from("no report\n"),
+                        ),
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {
