@@ -732,6 +732,7 @@ fn run(
     // before the restart plus everything after it.
     let samples = merge(last.clone(), before_agg_restart);
     report(&samples, elapsed, &exchanges);
+    report_services(&samples, elapsed);
 
     let mut failed = args.verify && impersonation_refused == Some(false);
     if let Some(addr) = args.prometheus {
@@ -766,6 +767,7 @@ fn run(
                 }
             }
         }
+        failed |= !verify_services(&cluster, &reference, &samples)?;
         if let Some(r) = cluster.redirect_node {
             let (done, refused) = cluster.redirected_packets()?;
             println!("verify: node-{}: {done} packets delivered with bpf_redirect_peer, {refused} refused", r + 1);
@@ -952,6 +954,174 @@ fn report(samples: &[Sample], elapsed: Duration, exchanges: &[(&'static str, u64
         "  both sides ${both:.6} in this run  ->  ${:.2} per 30 days at this rate",
         both * month
     );
+}
+
+/// The Service ranking: measured cross-zone bytes per Service and the
+/// estimate of what in-zone routing would avoid, from the aggregator's
+/// gauges (the scrape before its restart plus the one after).
+fn report_services(samples: &[Sample], elapsed: Duration) {
+    let month = 30.0 * 86400.0 / elapsed.as_secs_f64().max(1.0);
+    let per_service = |metric: &str| -> BTreeMap<String, f64> {
+        let mut m = BTreeMap::new();
+        for (_, l, v) in samples.iter().filter(|s| s.0 == metric) {
+            *m.entry(format!("{}/{}", l["service_namespace"], l["service"]))
+                .or_default() += v;
+        }
+        m
+    };
+    let cross = per_service("netscope_service_cross_zone_bytes");
+    let cross_usd = per_service("netscope_service_cross_zone_dollars");
+    let avoid = per_service("netscope_service_cross_zone_avoidable_bytes");
+    let avoid_usd = per_service("netscope_service_cross_zone_avoidable_dollars");
+    let mut ranked: Vec<&String> = cross.keys().collect();
+    ranked.sort_by(|a, b| {
+        let v = |m: &BTreeMap<String, f64>, k: &String| m.get(k).copied().unwrap_or(0.0);
+        v(&avoid_usd, b)
+            .total_cmp(&v(&avoid_usd, a))
+            .then(v(&cross, b).total_cmp(&v(&cross, a)))
+    });
+    println!("\n== Services by avoidable cross-zone cost (ESTIMATE, not a measurement) ==");
+    println!("  assumes: in-zone routing (trafficDistribution: PreferClose) wherever the Service has ready endpoints in the client's zone;");
+    println!(
+        "           those endpoints absorb the load; same request mix; this run's rate for 30 days"
+    );
+    println!(
+        "  {:<16} {:>12} {:>12} {:>14} {:>12} {:>18}",
+        "service", "cross-zone", "cost/30d", "avoidable", "remaining", "saving/30d (est.)"
+    );
+    let mut total_saving = 0.0;
+    for k in ranked {
+        let v = |m: &BTreeMap<String, f64>| m.get(k).copied().unwrap_or(0.0);
+        total_saving += v(&avoid_usd) * month;
+        println!(
+            "  {:<16} {:>12} {:>12} {:>14} {:>12} {:>18}",
+            k,
+            human(v(&cross)),
+            format!("${:.2}", v(&cross_usd) * month),
+            human(v(&avoid)),
+            human(v(&cross) - v(&avoid)),
+            format!("${:.2}", v(&avoid_usd) * month)
+        );
+    }
+    println!("  monthly saving if these Services routed in-zone (estimate): ${total_saving:.2}");
+}
+
+/// The Service series and the estimate against the nftables reference:
+/// each pair's bytes belong to the Service whose endpoints hold its
+/// destination (a request) or else its source (a reply), between the zones
+/// the simulation placed its ends in; a cross-zone pair is avoidable when
+/// the client's zone holds an endpoint of the Service.
+fn verify_services(cluster: &Cluster, reference: &Reference, samples: &[Sample]) -> Result<bool> {
+    let refs = reference.read(cluster)?;
+    let services = cluster.services();
+    let zone_of = |ip: IpAddr| -> Option<&'static str> {
+        cluster
+            .pods
+            .iter()
+            .find(|p| IpAddr::V4(p.v4) == ip || p.v6.map(IpAddr::V6) == Some(ip))
+            .map(|p| cluster.nodes[p.node].zone)
+    };
+    let holds = |s: &sim::SimService, ip: IpAddr| {
+        s.endpoints.iter().any(|&i| {
+            let p = &cluster.pods[i];
+            IpAddr::V4(p.v4) == ip || p.v6.map(IpAddr::V6) == Some(ip)
+        })
+    };
+    let mut want: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    let mut want_avoidable: BTreeMap<String, u64> = BTreeMap::new();
+    let mut want_cross: BTreeMap<String, u64> = BTreeMap::new();
+    for ((src, dst), c) in refs.iter().filter(|(_, c)| c.bytes > 0) {
+        let attributed = services
+            .iter()
+            .find(|s| holds(s, *dst))
+            .map(|s| (s, *src))
+            .or_else(|| services.iter().find(|s| holds(s, *src)).map(|s| (s, *dst)));
+        let Some((s, client)) = attributed else {
+            continue;
+        };
+        let (Some(sz), Some(dz)) = (zone_of(*src), zone_of(*dst)) else {
+            continue;
+        };
+        *want
+            .entry((s.name.to_string(), sz.to_string(), dz.to_string()))
+            .or_default() += c.bytes;
+        if sz != dz {
+            *want_cross.entry(s.name.to_string()).or_default() += c.bytes;
+            let client_zone = zone_of(client);
+            let in_zone = s
+                .endpoints
+                .iter()
+                .any(|&i| Some(cluster.nodes[cluster.pods[i].node].zone) == client_zone);
+            if in_zone {
+                *want_avoidable.entry(s.name.to_string()).or_default() += c.bytes;
+            }
+        }
+    }
+    let mut got: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    let gauge = |metric: &str| -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for (_, l, v) in samples.iter().filter(|s| s.0 == metric) {
+            *m.entry(l["service"].clone()).or_default() += *v as u64;
+        }
+        m
+    };
+    let got_avoidable = gauge("netscope_service_cross_zone_avoidable_bytes");
+    let got_cross = gauge("netscope_service_cross_zone_bytes");
+    for (_, l, v) in samples
+        .iter()
+        .filter(|s| s.0 == "netscope_service_network_traffic_bytes_total")
+    {
+        *got.entry((
+            l["service"].clone(),
+            l["src_zone"].clone(),
+            l["dst_zone"].clone(),
+        ))
+        .or_default() += *v as u64;
+    }
+    println!("\n== verify: netscope_service_network_traffic_bytes_total against nftables (pre-DNAT Service known from the simulation) ==");
+    let mut ok = !want.is_empty();
+    for key in want
+        .keys()
+        .chain(got.keys().filter(|k| !want.contains_key(*k)))
+    {
+        let (w, g) = (
+            want.get(key).copied().unwrap_or(0),
+            got.get(key).copied().unwrap_or(0),
+        );
+        let mark = if w == g { "ok" } else { "MISMATCH" };
+        ok &= w == g;
+        println!(
+            "  {mark:<8} {} {} -> {}: netscope {g} B, nftables {w} B",
+            key.0, key.1, key.2
+        );
+    }
+    for s in &services {
+        let n = s.name.to_string();
+        let (wc, gc) = (
+            want_cross.get(&n).copied().unwrap_or(0),
+            got_cross.get(&n).copied().unwrap_or(0),
+        );
+        let (wa, ga) = (
+            want_avoidable.get(&n).copied().unwrap_or(0),
+            got_avoidable.get(&n).copied().unwrap_or(0),
+        );
+        let good = wc == gc && wa == ga;
+        ok &= good;
+        println!(
+            "  {:<8} {n}: cross-zone {gc} B (nftables {wc} B), avoidable estimate {ga} B (computed from nftables {wa} B)",
+            if good { "ok" } else { "MISMATCH" }
+        );
+    }
+    let verdict = if ok {
+        "all equal to the byte"
+    } else {
+        "FAILED"
+    };
+    println!(
+        "verify: Service series and estimate: {} series, {verdict}",
+        want.len()
+    );
+    Ok(ok)
 }
 
 /// Compares every pod-pair series with the nftables reference.

@@ -39,6 +39,9 @@ pub const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 /// The ClusterIP of the `cache` Service.
 pub const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The ClusterIP of the `catalog` Service, whose backends are in zones b
+/// and c; clients in zones a and b call it.
+pub const CATALOG_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 /// The aggregator's underlay address.
 pub const AGGREGATOR_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 100);
 /// The external database's address.
@@ -159,7 +162,23 @@ const PODS: &[(&str, &str, usize, &str, bool, bool)] = &[
     ("shop", "cache", 4, "lxc", false, false),
     ("batch", "storage", 5, "veth", false, false),
     ("shop", "cache", 5, "veth", false, false),
+    // Appended so that the pods above keep their names and addresses.
+    ("shop", "catalog", 3, "cali", false, false),
+    ("shop", "catalog", 5, "veth", false, false),
 ];
+
+/// A Service of the simulation, as its EndpointSlices would list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimService {
+    /// Name.
+    pub name: &'static str,
+    /// Namespace.
+    pub namespace: &'static str,
+    /// ClusterIP.
+    pub cluster_ip: Ipv4Addr,
+    /// Its endpoints (all ready): indices into [`Cluster::pods`].
+    pub endpoints: Vec<usize>,
+}
 
 fn ok<T>(r: io::Result<T>, what: &str) -> io::Result<T> {
     r.map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))
@@ -307,6 +326,7 @@ impl Cluster {
             "table ip netscope_sim_kubeproxy {{\n chain prerouting {{ type nat hook prerouting priority dstnat; policy accept;\n  ip daddr {CLUSTER_IP} tcp dport {SERVICE_PORT} dnat to {backend}:{SERVER_PORT}\n }}\n}}\n"
         );
         nodes[service_client_node].ns.exec(&["nft", &rules])?;
+        catalog_dnat(&nodes, &pods)?;
 
         if let Some(r) = opts.redirect_node {
             redirect_node_setup(&helpers, &nodes[r], &pods, r, opts.legacy_tc, &mut links)?;
@@ -325,6 +345,30 @@ impl Cluster {
             helpers,
             links,
         })
+    }
+
+    /// The Services and their endpoints: `cache` (both backends in zone
+    /// c) and `catalog` (zones b and c).
+    pub fn services(&self) -> Vec<SimService> {
+        let of = |w: &str| -> Vec<usize> {
+            (0..self.pods.len())
+                .filter(|&i| self.pods[i].workload == w)
+                .collect()
+        };
+        vec![
+            SimService {
+                name: "cache",
+                namespace: "shop",
+                cluster_ip: CLUSTER_IP,
+                endpoints: of("cache"),
+            },
+            SimService {
+                name: "catalog",
+                namespace: "shop",
+                cluster_ip: CATALOG_IP,
+                endpoints: of("catalog"),
+            },
+        ]
     }
 
     /// The static topology file for the aggregator.
@@ -351,7 +395,22 @@ impl Cluster {
                 p.name, p.namespace, self.nodes[p.node].name, p.workload
             ));
         }
-        y.push_str(&format!("services:\n  - name: cache\n    namespace: shop\n    ips: [{CLUSTER_IP}]\nservice_cidrs: [{SERVICE_CIDR}]\n"));
+        y.push_str("services:\n");
+        for s in self.services() {
+            let endpoints: Vec<&str> = s
+                .endpoints
+                .iter()
+                .map(|&i| self.pods[i].name.as_str())
+                .collect();
+            y.push_str(&format!(
+                "  - name: {}\n    namespace: {}\n    ips: [{}]\n    endpoints: [{}]\n",
+                s.name,
+                s.namespace,
+                s.cluster_ip,
+                endpoints.join(", ")
+            ));
+        }
+        y.push_str(&format!("service_cidrs: [{SERVICE_CIDR}]\n"));
         y
     }
 
@@ -944,7 +1003,59 @@ pub struct Traffic {
 }
 
 /// The workloads that serve on [`SERVER_PORT`].
-const SERVERS: [&str; 4] = ["api", "cache", "storage", "frontend"];
+const SERVERS: [&str; 5] = ["api", "cache", "storage", "frontend", "catalog"];
+
+/// The `catalog` clients, each behind its node's DNAT ([`catalog_dnat`]):
+/// from zone a, which has no catalog endpoint, and from zone b, whose
+/// node sends it to the endpoint in zone c although zone b has one (what
+/// in-zone routing would avoid).
+fn catalog_patterns(c: &Cluster) -> Vec<Pattern> {
+    CATALOG_CLIENTS
+        .iter()
+        .filter_map(|&(workload, node, backend_node, label)| {
+            let from = c
+                .pods
+                .iter()
+                .position(|p| p.workload == workload && p.node == node)?;
+            let target = c
+                .pods
+                .iter()
+                .position(|p| p.workload == "catalog" && p.node == backend_node)?;
+            Some(Pattern {
+                from,
+                to: SocketAddr::new(IpAddr::V4(CATALOG_IP), SERVICE_PORT),
+                target: Some(target),
+                req: 200,
+                resp: 6_000,
+                every: Duration::from_millis(20),
+                label,
+            })
+        })
+        .collect()
+}
+
+/// (client workload, client node, backend node its node DNATs to, label).
+const CATALOG_CLIENTS: [(&str, usize, usize, &str); 2] = [
+    ("frontend", 1, 3, "frontend->catalog (ClusterIP)"),
+    ("orders", 3, 5, "orders->catalog (ClusterIP)"),
+];
+
+/// kube-proxy's rule for the `catalog` ClusterIP on each client's node,
+/// pinned to one backend per node so that the run is repeatable.
+fn catalog_dnat(nodes: &[SimNode], pods: &[SimPod]) -> io::Result<()> {
+    for &(_, node, backend_node, _) in &CATALOG_CLIENTS {
+        let backend = pods
+            .iter()
+            .find(|p| p.workload == "catalog" && p.node == backend_node)
+            .map(|p| p.v4)
+            .ok_or_else(|| io::Error::other("no catalog pod on the backend node"))?;
+        let rules = format!(
+            "table ip netscope_sim_kubeproxy_catalog {{\n chain prerouting {{ type nat hook prerouting priority dstnat; policy accept;\n  ip daddr {CATALOG_IP} tcp dport {SERVICE_PORT} dnat to {backend}:{SERVER_PORT}\n }}\n}}\n"
+        );
+        nodes[node].ns.exec(&["nft", &rules])?;
+    }
+    Ok(())
+}
 
 fn serve_pod(c: &Cluster, i: usize) -> Vec<(Option<usize>, Running<()>)> {
     let p = &c.pods[i];
@@ -1054,6 +1165,7 @@ impl Traffic {
                 label: "orders->rds",
             },
         ];
+        patterns.extend(catalog_patterns(c));
         // IPv6: frontend (zone a) -> api (zone b), both dual-stack.
         if let (Some(_), Some(v6)) = (c.pods[fe1].v6, c.pods[api1].v6) {
             patterns.push(Pattern {
