@@ -23,7 +23,12 @@
 //! node-5, the `cache` Service's backend, in a third legacy-TC run. In TCX mode Prometheus also
 //! scrapes the agents, and every query of the chart's Grafana dashboard
 //! (charts/netscope/dashboards/netscope.json) must return data, its zone
-//! matrix and cost panels equal to what the demo computed.
+//! matrix and cost panels equal to what the demo computed. The Service
+//! series (`netscope_service_network_traffic_bytes_total`) equal the
+//! reference attributed to the Service whose endpoints hold the pair's
+//! destination or source (the simulation knows which ClusterIP each client
+//! called), and the avoidable-bytes estimate equals the demo's computation
+//! from the reference.
 //! Needs root; removes everything it makes.
 
 use std::path::PathBuf;
@@ -127,6 +132,28 @@ fn run_demo(
     assert!(
         !cross.contains(": 0 cross-zone pairs") && !cross.contains("MISMATCH"),
         "{cross}"
+    );
+    // The Service series and the in-zone routing estimate equal what the
+    // demo computed from the nftables reference, and the ranking found
+    // something to save (catalog: zone b's client went to zone c).
+    let services = stdout
+        .lines()
+        .find(|l| l.starts_with("verify: Service series and estimate: "))
+        .unwrap_or_else(|| panic!("Service series not verified:\n{stdout}"));
+    assert!(services.ends_with("all equal to the byte"), "{services}");
+    assert!(
+        stdout
+            .contains("== Services by avoidable cross-zone cost (ESTIMATE, not a measurement) ==")
+            && stdout.contains("monthly saving if these Services routed in-zone (estimate): $"),
+        "no Service ranking:\n{stdout}"
+    );
+    let catalog = stdout
+        .lines()
+        .find(|l| l.contains(" catalog: cross-zone "))
+        .unwrap_or_else(|| panic!("no catalog estimate:\n{stdout}"));
+    assert!(
+        catalog.trim_start().starts_with("ok") && !catalog.contains("avoidable estimate 0 B"),
+        "{catalog}"
     );
     // The disruptions really happened.
     assert!(
