@@ -1067,6 +1067,25 @@ fn verify_services(cluster: &Cluster, reference: &Reference, samples: &[Sample])
     };
     let got_avoidable = gauge("netscope_service_cross_zone_avoidable_bytes");
     let got_cross = gauge("netscope_service_cross_zone_bytes");
+    // The cross-zone counter is the subset of the series whose zones differ.
+    let mut got_cross_series: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    for (_, l, v) in samples
+        .iter()
+        .filter(|s| s.0 == "netscope_service_cross_zone_network_traffic_bytes_total")
+    {
+        *got_cross_series
+            .entry((
+                l["service"].clone(),
+                l["src_zone"].clone(),
+                l["dst_zone"].clone(),
+            ))
+            .or_default() += *v as u64;
+    }
+    let want_cross_series: BTreeMap<(String, String, String), u64> = want
+        .iter()
+        .filter(|(k, _)| k.1 != k.2)
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     for (_, l, v) in samples
         .iter()
         .filter(|s| s.0 == "netscope_service_network_traffic_bytes_total")
@@ -1095,6 +1114,13 @@ fn verify_services(cluster: &Cluster, reference: &Reference, samples: &[Sample])
             key.0, key.1, key.2
         );
     }
+    let cross_ok = got_cross_series == want_cross_series;
+    ok &= cross_ok;
+    println!(
+        "  {:<8} netscope_service_cross_zone_network_traffic_bytes_total: {} cross-zone series equal the reference's cross-zone pairs",
+        if cross_ok { "ok" } else { "MISMATCH" },
+        got_cross_series.len()
+    );
     for s in &services {
         let n = s.name.to_string();
         let (wc, gc) = (

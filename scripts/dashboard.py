@@ -38,13 +38,8 @@ AGENT = 'job=~"$agent"'
 XZ_BYTES = f"netscope_workload_cross_zone_network_traffic_bytes_total{{{AGG}}}"
 ALL_BYTES = f"netscope_workload_network_traffic_bytes_total{{{AGG}}}"
 COST = f"netscope_cross_zone_cost_microdollars_total{{{AGG}}}"
-SVC_BYTES = f'netscope_service_network_traffic_bytes_total{{{AGG},src_zone!=dst_zone,src_zone!="unknown",dst_zone!="unknown"}}'
-
-
-def ready_in(label):
-    """1 for each (Service, zone) with ready endpoints, the zone in `label`."""
-    return (f'label_replace(max by (service_namespace, service, zone) '
-            f'(netscope_service_ready_endpoints{{{AGG}}}) > bool 0, "{label}", "$1", "zone", "(.*)")')
+SVC_XZ_BYTES = f"netscope_service_cross_zone_network_traffic_bytes_total{{{AGG}}}"
+AVOIDABLE = f"netscope_service_cross_zone_avoidable_dollars{{{AGG}}}"
 
 
 def price(side):
@@ -180,13 +175,13 @@ def build():
         unit="currencyUSD"))
     d = d.with_panel(panel(
         "stat", "Avoidable Service cost per 30 days (ESTIMATE)",
-        "ESTIMATE, not a measurement: the Service bytes that crossed zones between two zones that both have ready endpoints of the Service (so the client's zone has one), at the time range's average rate, priced with both billing sides and projected to 30 days. Same assumptions as the table.",
-        [q("A", f"sum(sum by (service_namespace, service, src_zone, dst_zone) (rate({SVC_BYTES}[$__range])) * on (service_namespace, service, src_zone) group_left() {ready_in('src_zone')} * on (service_namespace, service, dst_zone) group_left() {ready_in('dst_zone')}) * 86400 * 30 / 1e9 * ({price('sending')} + {price('receiving')})", instant=True)],
+        "ESTIMATE, not a measurement: how fast the avoidable dollars of the table grew over the time range, projected to 30 days. Same assumptions as the table.",
+        [q("A", f"sum(rate({AVOIDABLE}[$__range])) * 86400 * 30", instant=True)],
         unit="currencyUSD", width=6))
     d = d.with_panel(panel(
         "timeseries", "Service traffic across zones",
         "Bytes per second attributed to each Service (requests and replies) between two different known zones.",
-        [q("A", f"sum by (service_namespace, service) (rate({SVC_BYTES}[$__rate_interval]))", legend="{{service_namespace}}/{{service}}")],
+        [q("A", f"sum by (service_namespace, service) (rate({SVC_XZ_BYTES}[$__rate_interval]))", legend="{{service_namespace}}/{{service}}")],
         unit="Bps", width=18))
 
     d = d.with_row(gdash.Row("Who"))

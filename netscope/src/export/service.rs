@@ -51,6 +51,9 @@ use crate::resolve::services::{ServiceInfo, ServiceRef, ServiceTopology};
 pub mod names {
     /// Bytes attributed to a Service, by zone pair and attribution.
     pub const BYTES: &str = "netscope_service_network_traffic_bytes_total";
+    /// The same, only where both zones are known and differ.
+    pub const CROSS_ZONE_BYTES_TOTAL: &str =
+        "netscope_service_cross_zone_network_traffic_bytes_total";
     /// Flows folded into `other` labels by the cardinality guard.
     pub const FOLDED_FLOWS: &str = "netscope_service_folded_flows_total";
     /// Flows whose endpoint is listed by more than one Service.
@@ -339,6 +342,10 @@ fn describe() {
         "L3 bytes attributed to a Service (requests and replies), by source and destination zone and by attribution ('via': clusterip or endpointslice)."
     );
     metrics::describe_counter!(
+        names::CROSS_ZONE_BYTES_TOTAL,
+        "L3 bytes attributed to a Service between two known, different zones (a subset of netscope_service_network_traffic_bytes_total)."
+    );
+    metrics::describe_counter!(
         names::FOLDED_FLOWS,
         "Service flows recorded under 'other' labels because the Service series limit was reached."
     );
@@ -537,10 +544,10 @@ impl Exporter for ServiceExporter {
                 if state.series.len() < self.config.max_series {
                     state.series.insert(key.clone());
                 } else {
+                    // Zones are kept (they are few, and cross-zone sums stay
+                    // exact), as at the other levels.
                     key.service = self.other.clone();
                     key.namespace = self.other.clone();
-                    key.src_zone = self.other.clone();
-                    key.dst_zone = self.other.clone();
                     folded += 1;
                 }
             }
@@ -592,15 +599,18 @@ impl Exporter for ServiceExporter {
             describe();
         }
         for (key, bytes) in increments {
-            metrics::counter!(
-                names::BYTES,
-                "service" => key.service.to_string(),
-                "service_namespace" => key.namespace.to_string(),
-                "src_zone" => key.src_zone.to_string(),
-                "dst_zone" => key.dst_zone.to_string(),
-                "via" => key.via.as_str()
-            )
-            .increment(bytes);
+            let labels = [
+                ("service", key.service.to_string()),
+                ("service_namespace", key.namespace.to_string()),
+                ("src_zone", key.src_zone.to_string()),
+                ("dst_zone", key.dst_zone.to_string()),
+                ("via", key.via.as_str().to_owned()),
+            ];
+            metrics::counter!(names::BYTES, &labels).increment(bytes);
+            let unknown = |z: &Arc<str>| Arc::ptr_eq(z, &self.unknown);
+            if key.src_zone != key.dst_zone && !unknown(&key.src_zone) && !unknown(&key.dst_zone) {
+                metrics::counter!(names::CROSS_ZONE_BYTES_TOTAL, &labels).increment(bytes);
+            }
         }
         if folded > 0 {
             metrics::counter!(names::FOLDED_FLOWS).increment(folded);
@@ -722,13 +732,20 @@ mod tests {
         );
         metrics::with_local_recorder(&recorder, || exporter.export(&flows()));
         let got = counters(&recorder);
-        let want = Series::from([
+        let mut want = Series::from([
             (svc("api", "c", "a", "endpointslice"), GB),
             (svc("api", "a", "c", "endpointslice"), 5 * GB),
             (svc("api", "a", "b", "endpointslice"), 2 * GB),
             (svc("api", "b", "a", "endpointslice"), 7 * GB),
             (svc("api", "a", "a", "endpointslice"), 300),
         ]);
+        // The cross-zone subset: all but a -> a.
+        let cross: Vec<_> = want
+            .iter()
+            .filter(|((_, l), _)| l[2].1 != l[3].1)
+            .map(|((_, l), v)| ((names::CROSS_ZONE_BYTES_TOTAL.to_owned(), l.clone()), *v))
+            .collect();
+        want.extend(cross);
         assert_eq!(got, want);
 
         let report = exporter.report(10);
@@ -791,10 +808,10 @@ mod tests {
         assert_eq!(total, 15 * GB + 300 + 40, "folding keeps every byte");
         assert_eq!(got[&svc("api", "c", "a", "endpointslice")], GB);
         assert_eq!(got[&svc("api", "a", "c", "endpointslice")], 5 * GB);
-        assert_eq!(
-            got[&svc(OTHER, OTHER, OTHER, "endpointslice")],
-            2 * GB + 7 * GB + 300 + 40
-        );
+        // Folded: Service and namespace are `other`, the zones are kept.
+        assert_eq!(got[&svc(OTHER, "a", "b", "endpointslice")], 2 * GB + 40);
+        assert_eq!(got[&svc(OTHER, "b", "a", "endpointslice")], 7 * GB);
+        assert_eq!(got[&svc(OTHER, "a", "a", "endpointslice")], 300);
         assert_eq!(got[&(names::FOLDED_FLOWS.to_owned(), vec![])], 4);
         // One Service tracked: db's flow is in the series only.
         let report = exporter.report(10);
