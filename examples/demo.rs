@@ -739,6 +739,7 @@ fn run(
         // Prometheus holds the counters the aggregator exports now (since
         // its restart, if any).
         failed |= !prometheus_queries(addr, &last, args.verify)?;
+        failed |= !prometheus_service_query(addr, &last, args.verify)?;
         if let Some(path) = &args.check_dashboard {
             failed |= !demo_deploy::check_dashboard(addr, path, &last, elapsed)?;
         }
@@ -1493,6 +1494,23 @@ fn promql(addr: SocketAddr, query: &str) -> Result<Option<f64>> {
 
 /// Runs queries from the README through the real Prometheus and, with
 /// `check`, compares them with what the aggregator's /metrics says.
+/// The README's PromQL for the avoidable Service bytes, run by a real
+/// Prometheus, equals the aggregator's own estimate gauge: a cross-zone
+/// Service byte is avoidable when both its zones have ready endpoints.
+const AVOIDABLE_PROMQL: &str = r#"sum(sum by (service_namespace, service, src_zone, dst_zone) (netscope_service_cross_zone_network_traffic_bytes_total) * on (service_namespace, service, src_zone) group_left() label_replace(max by (service_namespace, service, zone) (netscope_service_ready_endpoints) > bool 0, "src_zone", "$1", "zone", "(.*)") * on (service_namespace, service, dst_zone) group_left() label_replace(max by (service_namespace, service, zone) (netscope_service_ready_endpoints) > bool 0, "dst_zone", "$1", "zone", "(.*)"))"#;
+
+fn prometheus_service_query(addr: SocketAddr, samples: &[Sample], check: bool) -> Result<bool> {
+    let want = sum(samples, "netscope_service_cross_zone_avoidable_bytes");
+    let got = promql(addr, AVOIDABLE_PROMQL)?.unwrap_or(f64::NAN);
+    let same = got == want && want > 0.0;
+    println!(
+        "  {:<8} {:<28} {got:<16.6} (the exporter's estimate: {want}) {AVOIDABLE_PROMQL}",
+        if same { "ok" } else { "MISMATCH" },
+        "avoidable Service bytes"
+    );
+    Ok(same || !check)
+}
+
 fn prometheus_queries(addr: SocketAddr, samples: &[Sample], check: bool) -> Result<bool> {
     let total = sum(samples, "pod_network_traffic_bytes_total");
     let cross = sum(samples, "pod_cross_zone_network_traffic_bytes_total");
