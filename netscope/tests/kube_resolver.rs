@@ -490,3 +490,98 @@ async fn a_dropped_watch_resumes_and_a_410_forces_a_relist() {
     .await;
     driver.abort();
 }
+
+fn endpoint_slice(service: &str, slice: &str, endpoints: Value) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": slice,
+            "namespace": "shop",
+            "uid": format!("slice-uid-{slice}"),
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_slices_give_ready_endpoints_per_zone_and_follow_changes() {
+    let now = SystemTime::now();
+    let api = ApiServer::start(ServiceCidrApi::NotFound).await;
+    seed(&api, now - Duration::from_secs(3600));
+    let mut api_svc = service("api", &["10.96.0.10", "fd00:96::10"]);
+    api_svc["spec"]["trafficDistribution"] = json!("PreferClose");
+    api.apply(Resource::Services, api_svc);
+    // Zone from the endpoint itself, or else from its node; one not ready.
+    api.apply(
+        Resource::EndpointSlices,
+        endpoint_slice(
+            "api",
+            "api-x1",
+            json!([
+                {"addresses": ["10.0.1.5"], "conditions": {"ready": true}, "zone": "us-west-2a"},
+                {"addresses": ["10.0.2.7"], "nodeName": "node-b"},
+                {"addresses": ["10.0.2.8"], "conditions": {"ready": false}, "zone": "us-west-2b",
+                 "hints": {"forZones": [{"name": "us-west-2b"}]}},
+            ]),
+        ),
+    );
+    let (r, driver) = start(&api, config()).await;
+    let api_ref = netscope::resolve::ServiceRef::new("shop", "api");
+    let ready = |r: &KubeResolver| -> Vec<(String, u32)> {
+        r.service_topology()
+            .and_then(|t| {
+                t.get(&api_ref).map(|s| {
+                    s.ready_by_zone
+                        .iter()
+                        .map(|(z, n)| (z.to_string(), *n))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    };
+    let r2 = r.clone();
+    eventually("the api slice", move || ready(&r2).len() == 2).await;
+    assert_eq!(
+        ready(&r),
+        [("us-west-2a".to_owned(), 1), ("us-west-2b".to_owned(), 1)]
+    );
+    let t = r.service_topology().expect("a topology");
+    let info = t.get(&api_ref).expect("api");
+    assert_eq!(info.traffic_distribution.as_deref(), Some("PreferClose"));
+    assert!(info.hints, "an endpoint carries zone hints");
+    assert_eq!(
+        t.services_of_endpoint(ip("10.0.2.8"))
+            .map(|s| s.service.to_string())
+            .collect::<Vec<_>>(),
+        ["shop/api"],
+        "a not-ready endpoint is still the Service's address"
+    );
+
+    // The zone-a endpoint goes away: only zone b has a ready one.
+    api.apply(
+        Resource::EndpointSlices,
+        endpoint_slice(
+            "api",
+            "api-x1",
+            json!([{"addresses": ["10.0.2.7"], "nodeName": "node-b"}]),
+        ),
+    );
+    let r2 = r.clone();
+    eventually("the zone-a endpoint to go", move || ready(&r2).len() == 1).await;
+    assert_eq!(ready(&r), [("us-west-2b".to_owned(), 1)]);
+    api.delete(Resource::EndpointSlices, "shop", "api-x1");
+    let r2 = r.clone();
+    eventually("the slice to go", move || ready(&r2).is_empty()).await;
+    assert!(
+        r.service_topology()
+            .expect("a topology")
+            .get(&api_ref)
+            .is_some(),
+        "the Service stays without endpoints"
+    );
+    driver.abort();
+}

@@ -39,6 +39,7 @@ pub enum Resource {
     Nodes,
     Services,
     ServiceCidrs,
+    EndpointSlices,
 }
 
 impl Resource {
@@ -48,6 +49,7 @@ impl Resource {
             "/api/v1/nodes" => Some(Resource::Nodes),
             "/api/v1/services" => Some(Resource::Services),
             "/apis/networking.k8s.io/v1/servicecidrs" => Some(Resource::ServiceCidrs),
+            "/apis/discovery.k8s.io/v1/endpointslices" => Some(Resource::EndpointSlices),
             _ => None,
         }
     }
@@ -58,12 +60,14 @@ impl Resource {
             Resource::Nodes => "Node",
             Resource::Services => "Service",
             Resource::ServiceCidrs => "ServiceCIDR",
+            Resource::EndpointSlices => "EndpointSlice",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
             Resource::ServiceCidrs => "networking.k8s.io/v1",
+            Resource::EndpointSlices => "discovery.k8s.io/v1",
             _ => "v1",
         }
     }

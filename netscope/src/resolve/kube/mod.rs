@@ -37,6 +37,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use futures::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::api::{Api, ListParams};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -197,6 +198,11 @@ impl Resolver for KubeResolver {
     fn has_pod(&self, namespace: &str, name: &str) -> bool {
         self.shared.snapshot.load().has_pod(namespace, name)
     }
+
+    /// From the Services and their EndpointSlices.
+    fn service_topology(&self) -> Option<Arc<crate::resolve::ServiceTopology>> {
+        Some(self.shared.snapshot.load().service_topology().clone())
+    }
 }
 
 /// One item from the merged watch streams.
@@ -210,6 +216,7 @@ enum Msg {
     Service(Result<watcher::Event<Service>, watcher::Error>),
     ServiceCidr(Result<watcher::Event<ServiceCIDR>, watcher::Error>),
     ServiceCidrApiAbsent,
+    EndpointSlice(Result<watcher::Event<EndpointSlice>, watcher::Error>),
 }
 
 /// Whether the cluster serves `networking.k8s.io/v1` ServiceCIDRs. Retries
@@ -271,7 +278,12 @@ impl KubeDriver {
             .default_backoff()
             .map(Msg::Service)
             .boxed();
-        let mut streams: Vec<BoxStream<'static, Msg>> = vec![pods, nodes, services];
+        // Not required for sync: only the Service estimate reads them.
+        let slices = watcher(Api::<EndpointSlice>::all(client.clone()), wc.clone())
+            .default_backoff()
+            .map(Msg::EndpointSlice)
+            .boxed();
+        let mut streams: Vec<BoxStream<'static, Msg>> = vec![pods, nodes, services, slices];
         if config.service_cidr_api {
             let api = Api::<ServiceCIDR>::all(client.clone());
             let cidrs = stream::once(service_cidr_api_served(api.clone()))
@@ -342,6 +354,8 @@ fn apply(state: &mut KubeIndex, msg: Msg, now: SystemTime) {
         Msg::Service(Ok(ev)) => state.apply_service(ev, now),
         Msg::ServiceCidr(Ok(ev)) => state.apply_service_cidr(ev, now),
         Msg::ServiceCidrApiAbsent => state.service_cidr_api_absent(),
+        Msg::EndpointSlice(Ok(ev)) => state.apply_endpoint_slice(ev, now),
+        Msg::EndpointSlice(Err(e)) => log_watch_error(Kind::EndpointSlice, &e),
         Msg::Pod(Err(e)) => log_watch_error(Kind::Pod, &e),
         Msg::Node(Err(e)) => log_watch_error(Kind::Node, &e),
         Msg::Service(Err(e)) => log_watch_error(Kind::Service, &e),

@@ -13,7 +13,9 @@ use kube::core::Selector;
 use kube::runtime::watcher::Event;
 
 use crate::endpoint::{Endpoint, EndpointKind, WorkloadKind};
+use crate::resolve::services::{ServiceEndpoint, ServiceRef, ServiceTopologyBuilder};
 use crate::resolve::{ClusterSnapshot, ClusterSnapshotBuilder, IpPrefix, ResolveError};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::workload::{selects, workload_of, POD_TEMPLATE_HASH};
 
@@ -35,6 +37,7 @@ pub(crate) enum Kind {
     Node,
     Service,
     ServiceCidr,
+    EndpointSlice,
 }
 
 impl Kind {
@@ -44,6 +47,7 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::Service => "services",
             Kind::ServiceCidr => "servicecidrs",
+            Kind::EndpointSlice => "endpointslices",
         }
     }
 }
@@ -103,7 +107,30 @@ struct NodeRecord {
 struct ServiceRecord {
     endpoint: Arc<Endpoint>,
     ips: Box<[IpAddr]>,
+    /// `spec.trafficDistribution`.
+    traffic_distribution: Option<Arc<str>>,
 }
+
+/// What one EndpointSlice says about its Service's endpoints.
+#[derive(Debug, Clone, PartialEq)]
+struct SliceRecord {
+    service: ServiceRef,
+    endpoints: Vec<SliceEndpoint>,
+    /// Some endpoint carries zone hints.
+    hints: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct SliceEndpoint {
+    ips: Box<[IpAddr]>,
+    /// The endpoint's own `zone`; else found through `node` at snapshot time.
+    zone: Option<Arc<str>>,
+    node: Option<Arc<str>>,
+    ready: bool,
+}
+
+/// The label naming an EndpointSlice's Service.
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Tracks one resource's relist: which keys the new list contained.
 #[derive(Debug, Default)]
@@ -161,6 +188,7 @@ pub struct KubeIndex {
     tombstones: Vec<Tombstone>,
     nodes: HashMap<Box<str>, NodeRecord>,
     services: HashMap<Box<str>, ServiceRecord>,
+    endpoint_slices: HashMap<Box<str>, SliceRecord>,
     service_cidrs: HashMap<Box<str>, Vec<IpPrefix>>,
     relist: HashMap<Kind, Relist>,
     /// Resources whose first list must finish before the index is synced.
@@ -243,6 +271,7 @@ impl KubeIndex {
             tombstones: Vec::new(),
             nodes: HashMap::new(),
             services: HashMap::new(),
+            endpoint_slices: HashMap::new(),
             service_cidrs: HashMap::new(),
             relist: HashMap::new(),
             required,
@@ -594,8 +623,15 @@ impl KubeIndex {
             zone: empty.clone(),
             region: empty,
         };
+        let traffic_distribution = spec
+            .and_then(|s| s.traffic_distribution.as_deref())
+            .filter(|t| !t.is_empty())
+            .map(|t| self.strings.get(t));
         if let Some(prev) = self.services.get(&key) {
-            if *prev.endpoint == endpoint && prev.ips == ips {
+            if *prev.endpoint == endpoint
+                && prev.ips == ips
+                && prev.traffic_distribution == traffic_distribution
+            {
                 return;
             }
         }
@@ -604,9 +640,139 @@ impl KubeIndex {
             ServiceRecord {
                 endpoint: Arc::new(endpoint),
                 ips,
+                traffic_distribution,
             },
         );
         self.dirty = true;
+    }
+
+    // ---- EndpointSlices ----
+
+    /// Applies an EndpointSlice watcher event (the time is not needed).
+    /// Slices without the `kubernetes.io/service-name` label are ignored.
+    pub fn apply_endpoint_slice(&mut self, event: Event<EndpointSlice>, _now: SystemTime) {
+        match event {
+            Event::Init => self.relist.entry(Kind::EndpointSlice).or_default().init(),
+            Event::InitApply(slice) => {
+                if let Some(key) = key_of(&slice.metadata) {
+                    self.relist
+                        .entry(Kind::EndpointSlice)
+                        .or_default()
+                        .seen(&key);
+                    self.upsert_slice(key, &slice);
+                }
+            }
+            Event::Apply(slice) => {
+                if let Some(key) = key_of(&slice.metadata) {
+                    self.upsert_slice(key, &slice);
+                }
+            }
+            Event::Delete(slice) => {
+                if let Some(key) = key_of(&slice.metadata) {
+                    if self.endpoint_slices.remove(&key).is_some() {
+                        self.dirty = true;
+                    }
+                }
+            }
+            Event::InitDone => {
+                let gone = self
+                    .relist
+                    .entry(Kind::EndpointSlice)
+                    .or_default()
+                    .done(self.endpoint_slices.iter());
+                for key in gone {
+                    self.endpoint_slices.remove(&key);
+                }
+                self.dirty = true;
+            }
+        }
+    }
+
+    fn upsert_slice(&mut self, key: Box<str>, slice: &EndpointSlice) {
+        let meta = &slice.metadata;
+        let service = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .filter(|n| !n.is_empty());
+        let (Some(service), Some(namespace)) = (service, meta.namespace.as_deref()) else {
+            if self.endpoint_slices.remove(&key).is_some() {
+                self.dirty = true;
+            }
+            return;
+        };
+        let mut hints = false;
+        let mut endpoints = Vec::new();
+        for e in slice.endpoints.iter().flatten() {
+            hints |= e
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_zones.as_ref())
+                .is_some_and(|z| !z.is_empty());
+            endpoints.push(SliceEndpoint {
+                ips: parse_ips(e.addresses.iter().map(String::as_str)),
+                zone: e
+                    .zone
+                    .as_deref()
+                    .filter(|z| !z.is_empty())
+                    .map(|z| self.strings.get(z)),
+                node: e
+                    .node_name
+                    .as_deref()
+                    .filter(|n| !n.is_empty())
+                    .map(|n| self.strings.get(n)),
+                // Absent means ready, as the API documents.
+                ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+            });
+        }
+        let record = SliceRecord {
+            service: ServiceRef {
+                namespace: self.strings.get(namespace),
+                name: self.strings.get(service),
+            },
+            endpoints,
+            hints,
+        };
+        if self.endpoint_slices.get(&key) == Some(&record) {
+            return;
+        }
+        self.endpoint_slices.insert(key, record);
+        self.dirty = true;
+    }
+
+    fn service_topology(&self) -> ServiceTopologyBuilder {
+        let mut t = ServiceTopologyBuilder::default();
+        for svc in self.services.values() {
+            t.service(
+                ServiceRef {
+                    namespace: svc.endpoint.namespace.clone(),
+                    name: svc.endpoint.name.clone(),
+                },
+                svc.traffic_distribution.as_deref(),
+            );
+        }
+        for slice in self.endpoint_slices.values() {
+            if slice.hints {
+                t.hints(slice.service.clone());
+            }
+            for e in &slice.endpoints {
+                let zone = e.zone.clone().or_else(|| {
+                    let node = self.nodes.get(e.node.as_deref()?)?;
+                    node.endpoint
+                        .known_zone()
+                        .map(|_| node.endpoint.zone.clone())
+                });
+                t.endpoint(
+                    slice.service.clone(),
+                    ServiceEndpoint {
+                        ips: e.ips.to_vec(),
+                        zone,
+                        ready: e.ready,
+                    },
+                );
+            }
+        }
+        t
     }
 
     // ---- Service CIDRs ----
@@ -732,6 +898,7 @@ impl KubeIndex {
         for p in cidrs {
             b.service_cidr(*p);
         }
+        b.service_topology(Arc::new(self.service_topology().build()));
         let pods_changed = self.pods_dirty || pruned > 0;
         self.dirty = false;
         self.pods_dirty = false;
