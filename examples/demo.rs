@@ -474,7 +474,7 @@ fn run(
     dir: &Path,
     interrupted: &Arc<AtomicBool>,
 ) -> Result<()> {
-    println!("demo: building the simulated cluster (3 zones x 2 nodes, 10 pods, an external database) ...");
+    println!("demo: building the simulated cluster (3 zones x 2 nodes, 12 pods, an external database) ...");
     let opts = sim::SimOptions {
         redirect_node: (args.redirect_node > 0).then(|| usize::from(args.redirect_node) - 1),
         legacy_tc: args.attach_mode == AttachMode::Tc,
