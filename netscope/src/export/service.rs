@@ -282,6 +282,7 @@ impl ServiceExporter {
                     topology.get(service),
                     &self.config.pricing,
                     observed(&state),
+                    true,
                 )
             })
             .collect();
@@ -389,14 +390,17 @@ fn estimate(
     info: Option<&ServiceInfo>,
     pricing: &Pricing,
     observed: Duration,
+    detail: bool,
 ) -> ServiceEstimate {
     let mut cross = totals.cross_unplaced;
     let mut avoidable = 0u64;
     let mut by_client_zone: BTreeMap<String, u64> = BTreeMap::new();
     for ((client_zone, _), bytes) in &totals.cross {
         cross = cross.saturating_add(*bytes);
-        let slot = by_client_zone.entry(client_zone.to_string()).or_insert(0);
-        *slot = slot.saturating_add(*bytes);
+        if detail {
+            let slot = by_client_zone.entry(client_zone.to_string()).or_insert(0);
+            *slot = slot.saturating_add(*bytes);
+        }
         if info.is_some_and(|i| i.has_ready_in(client_zone)) {
             avoidable = avoidable.saturating_add(*bytes);
         }
@@ -424,6 +428,7 @@ fn estimate(
         monthly_saving_dollars,
         cross_zone_bytes_by_client_zone: by_client_zone,
         ready_endpoints_by_zone: info
+            .filter(|_| detail)
             .map(|i| {
                 i.ready_by_zone
                     .iter()
@@ -467,9 +472,9 @@ pub struct ServiceEstimate {
     /// Estimate: `avoidable_dollars` extrapolated to 30 days at the observed
     /// rate; 0 before a second of traffic was observed.
     pub monthly_saving_dollars: f64,
-    /// Measured inter-AZ bytes by the client's zone.
+    /// Measured inter-AZ bytes by the client's zone (in `/report` only).
     pub cross_zone_bytes_by_client_zone: BTreeMap<String, u64>,
-    /// Ready endpoints per zone now.
+    /// Ready endpoints per zone now (in `/report` only).
     pub ready_endpoints_by_zone: BTreeMap<String, u32>,
     /// `spec.trafficDistribution`, if set.
     pub traffic_distribution: Option<String>,
@@ -590,6 +595,7 @@ impl Exporter for ServiceExporter {
                     topology.get(&s),
                     &self.config.pricing,
                     observed_now,
+                    false,
                 );
                 Some((s, e))
             })
