@@ -319,7 +319,7 @@ def check_chart(docs, sources, c):
                     for res in r["resources"]:
                         for v in r["verbs"]:
                             granted.add((g, res, v))
-            for g, res in [("", "pods"), ("", "nodes"), ("", "services"), ("networking.k8s.io", "servicecidrs")]:
+            for g, res in [("", "pods"), ("", "nodes"), ("", "services"), ("networking.k8s.io", "servicecidrs"), ("discovery.k8s.io", "endpointslices")]:
                 for v in ("get", "list", "watch"):
                     c.check((g, res, v) in granted, f"ClusterRole lacks {v} on {g or 'core'}/{res}")
             c.check(not any(v in ("create", "update", "patch", "delete", "*") for _, _, v in granted),
