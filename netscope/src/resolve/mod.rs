@@ -30,6 +30,7 @@ mod ipmap;
 #[cfg(feature = "kube")]
 pub mod kube;
 pub mod layered;
+pub mod link_local;
 pub mod lpm;
 pub mod static_topo;
 mod watched;
@@ -37,6 +38,7 @@ mod watched;
 pub use cluster::{ClusterSnapshot, ClusterSnapshotBuilder};
 pub use custom::{CustomEndpoints, CustomEndpointsOptions, ReloadOutcome};
 pub use layered::LayeredResolver;
+pub use link_local::is_link_scoped;
 pub use lpm::{IpPrefix, PrefixParseError, PrefixTable};
 pub use static_topo::{StaticResolver, StaticTopologyOptions};
 pub use watched::MAX_YAML_DEPTH;
