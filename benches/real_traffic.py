@@ -282,13 +282,14 @@ def received_pps(out):
 def report(results, nsrun, o):
     unit = {"tcp": "Gbit/s", "udp64": "kpps", "udp1400": "kpps", "udp64-flows": "kpps"}
     print(f"\n== real traffic through the host-side veths: median of {o.rounds} rounds of {o.seconds} s ==")
-    print(f"{'test':<12} {'data path':<6} {'median':>10} {'unit':<7} {'vs none':>8} {'ns/run':>8}")
+    print(f"{'test':<12} {'data path':<6} {'median':>10} {'unit':<7} {'vs none':>8} {'vs empty':>9} {'ns/run':>8}")
     for t in TESTS:
         base = statistics.median(results["none"][t])
+        empty = statistics.median(results["empty"][t])
         for m in MODES:
             v = statistics.median(results[m][t])
             ns = f"{statistics.median(nsrun[m][t]):.0f}" if nsrun[m][t] else "-"
-            print(f"{t:<12} {m:<6} {v:>10.2f} {unit[t]:<7} {v / base:>8.3f} {ns:>8}")
+            print(f"{t:<12} {m:<6} {v:>10.2f} {unit[t]:<7} {v / base:>8.3f} {v / empty:>9.3f} {ns:>8}")
 
 
 def main():
