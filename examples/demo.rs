@@ -63,6 +63,19 @@ struct Args {
     /// back, scrape, kill -9 the aggregator and start it again.
     #[arg(long)]
     restarts: bool,
+    /// With --restarts: the restarted agent runs with the test-only
+    /// NETSCOPE_FAILPOINT=STEP[:N] (after-stage, after-journal,
+    /// after-commit, after-send, after-ack), so it SIGKILLs itself at that
+    /// step of its drain cycle; the demo starts it a third time, and every
+    /// pair must still be exact.
+    #[arg(long, requires = "restarts", value_name = "STEP[:N]")]
+    failpoint: Option<String>,
+    /// With --restarts: at half the run, a rolling upgrade of the restarted
+    /// node's agent: SIGTERM, then an agent presenting another pinned
+    /// layout (test-only NETSCOPE_TEST_LAYOUT_VERSION=2) takes over its
+    /// links and drains the old layout's maps. Every pair stays exact.
+    #[arg(long, requires = "restarts")]
+    upgrade: bool,
     /// Mid-run (for the end-to-end test): at two fifths, delete the
     /// `storage` pod and re-create it under a new name with the same IP on
     /// a node in another zone; bytes must follow the pod that held the IP.
@@ -155,10 +168,23 @@ impl Drop for Proc {
 }
 
 fn spawn_in(ns: &NetNs, name: &str, bin: &Launch, args: &[String], dir: &Path) -> Result<Proc> {
+    spawn_in_env(ns, name, bin, args, dir, &[])
+}
+
+/// [`spawn_in`] with extra environment variables (binaries only, not images).
+fn spawn_in_env(
+    ns: &NetNs,
+    name: &str,
+    bin: &Launch,
+    args: &[String],
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> Result<Proc> {
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log)?;
-    let child = bin
-        .command(&ns.path(), &format!("{}-{name}", ns.name()), args)
+    let mut command = bin.command(&ns.path(), &format!("{}-{name}", ns.name()), args);
+    command.envs(env.iter().copied());
+    let child = command
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
@@ -655,7 +681,11 @@ fn run(
     let (move_at, mut moved) = (t0 + args.duration * 2 / 5, None);
     let mut before_agg_restart: Vec<Sample> = Vec::new();
     // A disruption that a slow machine pushed past the deadline still runs.
+    let mut failpoint_fired = args.failpoint.is_none();
+    let (upgrade_at, mut upgraded) = (t0 + args.duration / 2, !args.upgrade);
     while (Instant::now() < deadline
+        || !failpoint_fired
+        || !upgraded
         || !agent_restarted
         || !agg_restarted
         || (args.move_pod && moved.is_none()))
@@ -674,12 +704,74 @@ fn run(
                 cluster.nodes[i].name
             );
             let n = &cluster.nodes[i];
-            agents[i] = spawn_in(
+            let env: Vec<(&str, &str)> = args
+                .failpoint
+                .iter()
+                .map(|f| ("NETSCOPE_FAILPOINT", f.as_str()))
+                .collect();
+            agents[i] = spawn_in_env(
                 &n.ns,
                 &format!("agent-{}-2", n.name),
                 agent_bin,
                 &agent_args(n),
                 dir,
+                &env,
+            )?;
+            wait_attached(&mut agents[i], links_of(&cluster, i), interrupted)?;
+        }
+        if agent_restarted && !failpoint_fired {
+            let i = RESTARTED_NODE;
+            if !agents[i].alive() {
+                failpoint_fired = true;
+                println!(
+                    "  {:>4}s  agent on {} killed itself at failpoint {}; starting it again",
+                    t0.elapsed().as_secs(),
+                    cluster.nodes[i].name,
+                    args.failpoint.as_deref().unwrap_or_default()
+                );
+                let n = &cluster.nodes[i];
+                agents[i] = spawn_in(
+                    &n.ns,
+                    &format!("agent-{}-3", n.name),
+                    agent_bin,
+                    &agent_args(n),
+                    dir,
+                )?;
+                wait_attached(&mut agents[i], links_of(&cluster, i), interrupted)?;
+            } else if Instant::now() > deadline + Duration::from_secs(30) {
+                bail!(
+                    "the failpoint {:?} never fired (log: {})",
+                    args.failpoint,
+                    agents[i].log.display()
+                );
+            }
+        }
+        if !upgraded && failpoint_fired && agent_restarted && Instant::now() >= upgrade_at {
+            upgraded = true;
+            let i = RESTARTED_NODE;
+            let n = &cluster.nodes[i];
+            let _ = Command::new("kill")
+                .args(["-TERM", &agents[i].child.id().to_string()])
+                .status();
+            let end = Instant::now() + Duration::from_secs(20);
+            while agents[i].alive() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if agents[i].alive() {
+                bail!("the agent on {} did not stop on SIGTERM", n.name);
+            }
+            println!(
+                "  {:>4}s  agent on {} stopped (SIGTERM) and replaced by a build of pinned layout v2 (rolling upgrade)",
+                t0.elapsed().as_secs(),
+                n.name
+            );
+            agents[i] = spawn_in_env(
+                &n.ns,
+                &format!("agent-{}-v2", n.name),
+                agent_bin,
+                &agent_args(n),
+                dir,
+                &[("NETSCOPE_TEST_LAYOUT_VERSION", "2")],
             )?;
             wait_attached(&mut agents[i], links_of(&cluster, i), interrupted)?;
         }
@@ -780,6 +872,17 @@ fn run(
             args.restarts,
             moved.as_ref(),
         )?;
+        if args.upgrade {
+            // The v2 agent took the links over and drained the v1 maps.
+            let log = std::fs::read_to_string(&agents[RESTARTED_NODE].log).unwrap_or_default();
+            let drained =
+                log.contains("the older layout's maps are drained (both sides) and removed");
+            let adopted = log.matches("adopted a pinned TCX link").count();
+            println!(
+                "verify: rolling upgrade: layout v1 drained and removed by the v2 agent: {drained}; pinned TCX links it adopted: {adopted}"
+            );
+            failed |= !drained;
+        }
         if args.restarts && args.attach_mode == AttachMode::Tc {
             // The restarted agent replaced its filters; it did not add copies.
             for p in cluster.pods.iter().filter(|p| p.node == RESTARTED_NODE) {

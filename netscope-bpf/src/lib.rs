@@ -22,7 +22,7 @@ pub use attach::{
     interface, remove_tc_filters, tcx_programs, BpfAttacher, PROGRAM_NAME_PREFIX, TC_HANDLE,
     TC_PRIORITY,
 };
-pub use collector::BpfCollector;
+pub use collector::{BpfCollector, UpgradeCollector};
 pub use loader::{
     Capture, CaptureConfig, LoadError, Pinned, DEFAULT_MAX_FLOWS, MAX_MAX_FLOWS, MAX_SERVICE_CIDRS,
 };

@@ -79,6 +79,9 @@ pub(crate) struct BufferState {
     pub active: usize,
     /// Last values read of the lost_* counters (cumulative in the kernel).
     pub lost_seen: (u64, u64),
+    /// Without pinning: the last stage's epoch and its side while it is
+    /// uncommitted (with pinning they live in the meta map).
+    pub epoch: (u64, Option<usize>),
 }
 
 /// The loaded capture program and its maps. Share it (`Arc`) between the
@@ -98,6 +101,8 @@ pub struct Capture {
     pub(crate) state: Mutex<BufferState>,
     /// Where the maps are pinned, when they are.
     pin: Option<PinDir>,
+    /// The pinned meta map (epoch of the two-phase drain).
+    meta: Option<OwnedFd>,
 }
 
 /// What [`Capture::load_pinned`] found.
@@ -354,9 +359,15 @@ impl Capture {
             bss,
             layout,
             capacity: max_flows,
-            state: Mutex::new(BufferState { active, lost_seen }),
+            state: Mutex::new(BufferState {
+                active,
+                lost_seen,
+                epoch: (0, None),
+            }),
             pin: pin.cloned(),
+            meta: None,
         };
+        let mut capture = capture;
         for (i, name) in [(0, "flows_a"), (1, "flows_b")] {
             capture
                 .install_overflow_slot(i)
@@ -382,10 +393,44 @@ impl Capture {
             }
             (None, _) => Pinned::Created,
         };
+        if let Some(pin) = pin {
+            capture.meta = Some(pin.open_map(crate::pin::META)?);
+        }
         if how == Pinned::Adopted {
             metrics::counter!("netscope_agent_pinned_maps_adopted_total").increment(1);
         }
         Ok((capture, how))
+    }
+
+    /// Kernel id of the pinned meta map (0 without pinning): the scope of
+    /// the drain epochs.
+    pub(crate) fn meta_id(&self) -> u64 {
+        self.meta
+            .as_ref()
+            .and_then(|m| sys::map_info(m.as_fd()).ok())
+            .map_or(0, |i| u64::from(i.id))
+    }
+
+    /// The two-phase drain's epoch and its uncommitted side, if any.
+    pub(crate) fn load_epoch(&self, state: &BufferState) -> std::io::Result<(u64, Option<usize>)> {
+        match &self.meta {
+            Some(m) => crate::pin::read_epoch(m.as_fd()),
+            None => Ok(state.epoch),
+        }
+    }
+
+    /// Records the epoch and its uncommitted side (`None` once committed).
+    pub(crate) fn store_epoch(
+        &self,
+        state: &mut BufferState,
+        epoch: u64,
+        staged: Option<usize>,
+    ) -> std::io::Result<()> {
+        state.epoch = (epoch, staged);
+        match &self.meta {
+            Some(m) => crate::pin::write_epoch(m.as_fd(), epoch, staged),
+            None => Ok(()),
+        }
     }
 
     /// The pin directory, when the maps are pinned.

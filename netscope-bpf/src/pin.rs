@@ -170,6 +170,15 @@ impl PinDir {
         }
     }
 
+    /// The directory of another layout under `root` (to read an older
+    /// agent's maps during an upgrade).
+    pub fn with_layout(root: impl Into<PathBuf>, layout: u32) -> PinDir {
+        PinDir {
+            root: root.into(),
+            layout,
+        }
+    }
+
     /// The pin root (`--pin-root`).
     pub fn root(&self) -> &Path {
         &self.root
@@ -337,6 +346,31 @@ impl PinDir {
         out.sort();
         out
     }
+}
+
+/// The two-phase drain's epoch (bytes 32..40 of the meta value) and the
+/// side staged under it and not yet committed (byte 40: 1 = staged, byte 41:
+/// the side).
+pub(crate) fn read_epoch(meta: BorrowedFd<'_>) -> io::Result<(u64, Option<usize>)> {
+    let mut v = [0u8; META_SIZE];
+    sys::map_lookup(meta, &0u32.to_ne_bytes(), &mut v)?;
+    let epoch = u64::from_le_bytes(v[32..40].try_into().expect("8 bytes"));
+    let staged = (v[40] == 1 && v[41] < 2).then_some(usize::from(v[41]));
+    Ok((epoch, staged))
+}
+
+/// Writes the epoch and staged side into the meta value (the rest kept).
+pub(crate) fn write_epoch(
+    meta: BorrowedFd<'_>,
+    epoch: u64,
+    staged: Option<usize>,
+) -> io::Result<()> {
+    let mut v = [0u8; META_SIZE];
+    sys::map_lookup(meta, &0u32.to_ne_bytes(), &mut v)?;
+    v[32..40].copy_from_slice(&epoch.to_le_bytes());
+    v[40] = u8::from(staged.is_some());
+    v[41] = staged.map_or(0, |s| s as u8);
+    sys::map_update(meta, &0u32.to_ne_bytes(), &v, 0)
 }
 
 fn read_meta(fd: BorrowedFd<'_>, path: &Path) -> Result<Meta, PinError> {
@@ -530,6 +564,47 @@ pub fn cleanup(root: &Path) -> Result<Cleanup, PinError> {
     }
     if std::fs::remove_dir(root).is_ok() {
         out.dirs.push(root.to_path_buf());
+    }
+    Ok(out)
+}
+
+/// Removes one layout directory (after its maps were drained in an
+/// upgrade): its remaining links are detached, its pins removed. Returns
+/// what went.
+///
+/// # Errors
+/// As [`cleanup`].
+pub fn remove_layout(dir: &Path) -> Result<Cleanup, PinError> {
+    // cleanup() walks every v<N> under a root: give it a root of one.
+    let mut out = Cleanup::default();
+    let links = dir.join(LINKS);
+    if let Ok(ls) = std::fs::read_dir(&links) {
+        for l in ls.flatten() {
+            let p = l.path();
+            if let Ok(fd) = sys::obj_get(&p) {
+                if sys::link_info(fd.as_fd())
+                    .is_ok_and(|i| i.link_type == libbpf_sys::BPF_LINK_TYPE_TCX)
+                {
+                    let _ = sys::link_detach(fd.as_fd());
+                    std::fs::remove_file(&p).map_err(io_err("removing", &p))?;
+                    out.links.push(p);
+                }
+            }
+        }
+        if std::fs::remove_dir(&links).is_ok() {
+            out.dirs.push(links);
+        }
+    }
+    for name in std::iter::once(META).chain(PINNED_MAPS) {
+        let p = dir.join(name);
+        let Ok(fd) = sys::obj_get(&p) else { continue };
+        if sys::map_info(fd.as_fd()).is_ok() {
+            std::fs::remove_file(&p).map_err(io_err("removing", &p))?;
+            out.maps.push(p);
+        }
+    }
+    if std::fs::remove_dir(dir).is_ok() {
+        out.dirs.push(dir.to_path_buf());
     }
     Ok(out)
 }

@@ -610,3 +610,54 @@ pub fn interfaces() -> io::Result<Vec<(String, u32)>> {
     unsafe { libc::if_freenameindex(list) };
     Ok(out)
 }
+
+/// One `BPF_MAP_LOOKUP_BATCH` call: like [`map_lookup_and_delete_batch`],
+/// without deleting (the two-phase drain reads first, clears after the
+/// journal holds what it read).
+pub fn map_lookup_batch(
+    map: BorrowedFd<'_>,
+    token: &mut Option<[u8; 8]>,
+    keys: &mut [u8],
+    key_size: usize,
+    values: &mut [u8],
+    value_size: usize,
+) -> io::Result<(usize, bool)> {
+    let slots = keys.len() / key_size;
+    assert!(
+        values.len() >= slots * value_size,
+        "value buffer smaller than key buffer"
+    );
+    let mut count = u32::try_from(slots).unwrap_or(u32::MAX);
+    let mut out_batch = [0u8; 8];
+    let mut in_batch = token.unwrap_or([0; 8]);
+    let in_ptr = if token.is_some() {
+        in_batch.as_mut_ptr().cast()
+    } else {
+        std::ptr::null_mut()
+    };
+    let opts = libbpf_sys::bpf_map_batch_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+        ..Default::default()
+    };
+    // SAFETY: as in map_lookup_and_delete_batch: keys/values have room for
+    // `count` entries, the 8-byte tokens hold the kernel's 4-byte ones.
+    let ret = unsafe {
+        libbpf_sys::bpf_map_lookup_batch(
+            map.as_raw_fd(),
+            in_ptr,
+            out_batch.as_mut_ptr().cast(),
+            keys.as_mut_ptr().cast(),
+            values.as_mut_ptr().cast(),
+            &mut count,
+            &opts,
+        )
+    };
+    match check(ret) {
+        Ok(_) => {
+            *token = Some(out_batch);
+            Ok((count as usize, false))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((count as usize, true)),
+        Err(e) => Err(e),
+    }
+}

@@ -17,12 +17,15 @@ use netscope::cli::{
 };
 use netscope::discover::{error_chain, InterfaceFilter, Reconciler, DEFAULT_PREFIXES};
 use netscope::nat::{NetlinkConntrack, ServiceNat};
+use netscope::report::journal::Journal;
 use netscope::report::{Reporter, ReporterConfig};
 use netscope::transport::client::{ClientConfig, ClientTls, GrpcSink};
 use netscope::transport::server::{serve_http, HttpEndpoints};
 use netscope::{AttachMode, Direction};
 use netscope_bpf::links::LinkWatcher;
-use netscope_bpf::{BpfAttacher, BpfCollector, Capture, CaptureConfig, DEFAULT_MAX_FLOWS};
+use netscope_bpf::{
+    BpfAttacher, BpfCollector, Capture, CaptureConfig, UpgradeCollector, DEFAULT_MAX_FLOWS,
+};
 use tracing::{error, info};
 
 /// Attaches netscope's capture program to this node's pod interfaces and
@@ -102,7 +105,8 @@ struct Args {
     #[arg(long)]
     no_pin: bool,
     /// Directory of the agent's journal (reports drained but not yet
-    /// acknowledged), replayed by the next agent after a crash.
+    /// acknowledged), replayed by the next agent after a crash. Used when
+    /// pinning is on.
     #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
     state_dir: PathBuf,
     /// Remove everything netscope attached and pinned on this node (TCX links,
@@ -228,6 +232,29 @@ fn main() -> Result<()> {
         }
     });
     let persist = pin.is_some();
+    // An upgrade from another pinned layout: its maps are adopted to be
+    // drained once this agent's program runs behind every pinned link.
+    let mut older = Vec::new();
+    if let Some(pin) = &pin {
+        for (layout, dir) in pin.other_layouts() {
+            match netscope_bpf::pin::meta_of(&dir) {
+                Ok(meta) => {
+                    let old_pin = netscope_bpf::pin::PinDir::with_layout(pin.root(), meta.layout);
+                    let (old, _) = Capture::load_pinned(&config, &old_pin).with_context(|| {
+                        format!(
+                            "adopting the maps of layout {layout} in {} to drain them",
+                            dir.display()
+                        )
+                    })?;
+                    info!(dir = ?dir, layout, "an older layout's maps are pinned: drained once every link runs this agent's program, then removed");
+                    older.push((Arc::new(old), dir));
+                }
+                Err(e) => {
+                    error!(dir = ?dir, error = %e, "not adopting this directory: not a complete netscope layout")
+                }
+            }
+        }
+    }
     info!(node = ?node_name, mode = %args.attach_mode, prefixes = ?filter.prefixes(), max_flows = args.max_flows,
           service_cidrs = ?args.service_cidrs, "capture program loaded");
 
@@ -320,9 +347,22 @@ fn main() -> Result<()> {
             usize::try_from(args.max_report_samples).unwrap_or(usize::MAX),
             client.max_message_bytes,
         );
-        let mut reporter = Reporter::new(rc, Box::new(BpfCollector::new(capture.clone())), Box::new(sink));
+        let collector: Box<dyn netscope::Collector> = if older.is_empty() {
+            Box::new(BpfCollector::new(capture.clone()))
+        } else {
+            Box::new(UpgradeCollector::new(capture.clone(), std::mem::take(&mut older), ready.clone()))
+        };
+        let mut reporter = Reporter::new(rc, collector, Box::new(sink));
         if !args.service_cidrs.is_empty() {
             reporter = reporter.with_transform(Box::new(ServiceNat::new(NetlinkConntrack::new())));
+        }
+        if persist {
+            // With the kernel state pinned, what was drained and not yet
+            // acknowledged outlives the process too (docs/restarts.md).
+            reporter = reporter.with_journal(Journal::new(
+                &args.state_dir,
+                usize::try_from(args.max_buffered_flows).unwrap_or(usize::MAX),
+            ));
         }
         info!(server = %args.server_endpoint, interval = ?args.collection_interval, debug_addr = %args.debug_addr, "netscope-agent running");
 
