@@ -98,6 +98,10 @@ test-unit:
 
 bench: deps
 	$(CARGO) bench -p netscope-benches
+	@# Real traffic through the host-side veths (iperf3 in network namespaces):
+	@# no program, an empty one, netscope TCX and legacy TC, interleaved.
+	$(CARGO) build --release -p netscope-agent
+	python3 benches/real_traffic.py --agent $${CARGO_TARGET_DIR:-target}/release/netscope-agent
 
 demo: deps
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make demo: the demo creates network namespaces and loads BPF programs: run it as root (sudo make demo)" >&2; exit 1; fi

@@ -23,17 +23,41 @@ chart's scrapers read them (and as a flow log line when flow logs are on),
 and that the agent exits 0 on SIGTERM within the rendered
 terminationGracePeriodSeconds.
 
+Then the release's lifecycle on that node (issue 15):
+
+  - upgrade: the agent is stopped with SIGTERM (its pinned programs must
+    stay attached and its pins stay in place), pod traffic is sent while no
+    agent runs, and the agent of the upgrade rendering (a new image tag)
+    starts; every byte between the pod and its node, before, during and
+    after the upgrade, must be counted exactly, against nftables counters
+    in the pod's namespace;
+  - uninstall: the agent is stopped (what the pre-delete hook Job does by
+    deleting the DaemonSet), then the cleanup DaemonSet's init container
+    runs with its rendered args, capabilities and mounts, twice (it must be
+    idempotent); nothing of netscope may be left attached to the pod's link
+    (TCX: BPF_PROG_QUERY on both directions; legacy TC: the filters) or
+    pinned under the chart's pin root.
+
+The hostPath volumes are emulated: the node's bpffs mount is a directory of
+this run in the host's bpffs (/sys/fs/bpf/netscope-test-helm-*), bind-mounted
+at /sys/fs/bpf in the agent's mount namespace, so the rendered --pin-root is
+used as is; other hostPaths (the journal) are directories of this run.
+
 Needs root, iproute2, openssl, curl and the built binaries. Network safety:
 addresses and routes only inside the two namespaces it creates; traffic is
 a bounded ping between them; both namespaces and the hosts file are removed
-on exit, and stale ones (netscope-test-helm-*) are swept at start.
+on exit, and stale ones (netscope-test-helm-*) are swept at start, as are
+this script's bpffs directories.
 """
 
 import argparse
+import ctypes
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -59,14 +83,65 @@ def sweep():
         for d in os.listdir("/etc/netns"):
             if d.startswith(PREFIX):
                 shutil.rmtree(os.path.join("/etc/netns", d), ignore_errors=True)
+    if os.path.isdir(BPFFS):
+        for d in os.listdir(BPFFS):
+            if d.startswith(PREFIX):
+                shutil.rmtree(os.path.join(BPFFS, d), ignore_errors=True)
+                print(f"  swept stale bpffs directory {d}")
+
+
+BPFFS = "/sys/fs/bpf"
+# BPF_PROG_QUERY and the TCX attach types (include/uapi/linux/bpf.h).
+BPF_PROG_QUERY = 16
+BPF_TCX_INGRESS, BPF_TCX_EGRESS = 46, 47
+SYS_BPF = {"x86_64": 321, "aarch64": 280}
+
+
+def tcx_count(ifname):
+    """Programs attached with TCX to ifname, per direction (run inside the
+    interface's network namespace)."""
+    ifindex = socket_if_nametoindex(ifname)
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr = SYS_BPF[os.uname().machine]
+    counts = {}
+    for name, at in (("ingress", BPF_TCX_INGRESS), ("egress", BPF_TCX_EGRESS)):
+        # union bpf_attr, query: target_ifindex, attach_type, query_flags,
+        # attach_flags, prog_ids (u64), prog_cnt (u32), ... 64 bytes in all.
+        attr = (ctypes.c_uint8 * 64)()
+        ctypes.c_uint32.from_buffer(attr, 0).value = ifindex
+        ctypes.c_uint32.from_buffer(attr, 4).value = at
+        if libc.syscall(nr, BPF_PROG_QUERY, attr, 64) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"BPF_PROG_QUERY {name} on {ifname}: {os.strerror(err)}")
+        counts[name] = ctypes.c_uint32.from_buffer(attr, 24).value
+    return counts
+
+
+def socket_if_nametoindex(ifname):
+    return socket.if_nametoindex(ifname)
+
+
+def parse_secs(d):
+    """Seconds of a humantime duration such as 10s, 1m30s, 500ms."""
+    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)\s*([a-z]+)", d))
 
 
 class Smoke:
-    def __init__(self, rendered, bindir, label):
+    def __init__(self, rendered, bindir, label, upgrade=None):
         self.label = label
         self.bindir = bindir
         docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+        hook = lambda d: "helm.sh/hook" in d["metadata"].get("annotations", {})
+        self.hooks = [d for d in docs if hook(d)]
+        docs = [d for d in docs if not hook(d)]
         self.ds = next(d for d in docs if d["kind"] == "DaemonSet")
+        self.upgrade_ds = None
+        if upgrade:
+            udocs = [d for d in yaml.safe_load_all(open(upgrade)) if d]
+            self.upgrade_ds = next(d for d in udocs if d["kind"] == "DaemonSet" and not hook(d))
+            # Helm runs the hooks of the release's last revision.
+            self.hooks = [d for d in udocs if hook(d)]
         self.dep = next(d for d in docs if d["kind"] == "Deployment")
         self.svc = next(d for d in docs if d["kind"] == "Service")
         self.cms = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
@@ -74,7 +149,12 @@ class Smoke:
         self.node_ns = f"{PREFIX}node-{tag}"
         self.pod_ns = f"{PREFIX}pod-{tag}"
         self.tmp = tempfile.mkdtemp(prefix="netscope-helm-smoke-")
+        # The node's bpffs: a directory of this run in the host's.
+        self.bpffs = f"{BPFFS}/{PREFIX}{tag}"
         self.procs = []
+        # Rendered args replaced as a cluster would map them (Service port
+        # -> container port).
+        self.arg_fixes = {}
         self.failures = []
         self.passed = 0
 
@@ -101,6 +181,15 @@ class Smoke:
         sh("ip", "-n", p, "addr", "add", "10.77.0.2/30", "dev", "eth0")
         sh("ip", "-n", n, "link", "set", "eni0smoke", "up")
         sh("ip", "-n", p, "link", "set", "eth0", "up")
+        # The reference: IPv4 bytes between the pod and its node, as the
+        # pod's stack sends and receives them (L3 length, like netscope).
+        nft = """table inet netscope_smoke {
+  chain out { type filter hook output priority 0; oifname "eth0" ip daddr 10.77.0.1 counter; }
+  chain in { type filter hook input priority 0; iifname "eth0" ip saddr 10.77.0.1 counter; }
+}
+"""
+        subprocess.run(["ip", "netns", "exec", p, "nft", "-f", "-"], input=nft, text=True, check=True)
+        os.makedirs(self.bpffs)
 
     def hosts(self, names):
         d = f"/etc/netns/{self.node_ns}"
@@ -137,6 +226,11 @@ class Smoke:
             vol = next(v for v in spec.get("volumes", []) if v["name"] == m["name"])
             if "secret" in vol:
                 mounts[m["mountPath"]] = f"{self.tmp}/{who}-tls"
+            elif "hostPath" in vol and m["mountPath"] != BPFFS:
+                # A host directory (the journal): one of this run's.
+                d = f"{self.tmp}/host-{vol['name']}"
+                os.makedirs(d, exist_ok=True)
+                mounts[m["mountPath"]] = d
             elif "configMap" in vol:
                 cm = self.cms[vol["configMap"]["name"]]
                 d = f"{self.tmp}/cm-{vol['configMap']['name']}"
@@ -149,8 +243,33 @@ class Smoke:
         for a in args:
             for src, dst in mounts.items():
                 a = a.replace(src + "/", dst + "/")
+                if a.endswith("=" + src):
+                    a = a[: -len(src)] + dst
             out.append(a)
         return out
+
+    def in_node(self, spec, container, cmd):
+        """cmd in the node's network namespace, with the pod spec's bpffs
+        hostPath emulated: this run's bpffs directory at /sys/fs/bpf.
+
+        `ip netns exec` mounts a fresh sysfs over /sys, without the host's
+        bpffs, and a bind mount cannot reach back into the host's mount
+        namespace. So this does what it does by hand: enter the network
+        namespace, unshare the mount namespace (a copy that still holds the
+        host's bpffs), park this run's bpffs directory, mount the fresh
+        sysfs, bind the parked directory at /sys/fs/bpf and the netns' hosts
+        file at /etc/hosts. Pins made there are in the host's bpffs and
+        outlive the process, as on a node."""
+        bpf = any(m["mountPath"] == BPFFS for m in container.get("volumeMounts", []))
+        if not bpf:
+            return ["ip", "netns", "exec", self.node_ns, *cmd]
+        stage = f"{self.tmp}/bpffs-stage"
+        os.makedirs(stage, exist_ok=True)
+        hosts = f"/etc/netns/{self.node_ns}/hosts"
+        script = ('set -e; mount --bind "$0" "$1"; umount -l /sys; mount -t sysfs sysfs /sys; '
+                  'mount --bind "$1" /sys/fs/bpf; mount --bind "$2" /etc/hosts; shift 2; exec "$@"')
+        return ["nsenter", f"--net=/run/netns/{self.node_ns}", "unshare", "--mount", "--propagation", "slave",
+                "sh", "-c", script, self.bpffs, stage, hosts, *cmd]
 
     def spawn(self, name, cmd, env=None):
         log = open(f"{self.tmp}/{name}.log", "w")
@@ -204,7 +323,8 @@ class Smoke:
         if svc_port != listen_port:
             # kube-proxy would map the Service port to the container port;
             # there is none here, so the agent is pointed at the latter.
-            agent_args = [a.replace(f"--server-endpoint={endpoint}", f"--server-endpoint={host}:{listen_port}") for a in agent_args]
+            self.arg_fixes[f"--server-endpoint={endpoint}"] = f"--server-endpoint={host}:{listen_port}"
+            agent_args = [self.arg_fixes.get(a, a) for a in agent_args]
             print(f"  [{self.label}] Service port {svc_port} -> container port {listen_port}: the agent is given the latter")
 
         self.netns()
@@ -259,25 +379,8 @@ class Smoke:
                                       f"{code or 'no answer'}), so probes and scrapers need the plain port")
 
         # The agent: rendered args and env, the rendered capabilities only.
-        sc = gctr.get("securityContext", {})
-        env = dict(os.environ)
-        for e in gctr.get("env", []):
-            if "value" in e:
-                env[e["name"]] = e["value"]
-            elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
-                env[e["name"]] = "smoke-node"
-        if sc.get("privileged"):
-            wrap = []
-            print(f"  note [{self.label}] agent is privileged: run with every capability")
-        else:
-            caps = sc["capabilities"]["add"]
-            wrap = ["setpriv", "--bounding-set=-all," + ",".join("+" + c.lower() for c in caps)]
-            if sc.get("allowPrivilegeEscalation") is False:
-                wrap.append("--no-new-privs")
-            wrap.append("--")
-            print(f"  [{self.label}] agent capabilities: {caps} (bounding set), uid {sc.get('runAsUser')}")
-        agent_cmd = [f"{self.bindir}/netscope-agent", *self.remap(agent_args, aspec, gctr, "agent")]
-        agent = self.spawn("agent", ["ip", "netns", "exec", self.node_ns, *wrap, *agent_cmd], env=env)
+        agent_cmd, env = self.container_cmd(aspec, gctr, "agent")
+        agent = self.spawn("agent", agent_cmd, env=env)
         dport = gctr["ports"][0]["containerPort"]
         rpath = gctr["readinessProbe"]["httpGet"]["path"]
         lpath = gctr["livenessProbe"]["httpGet"]["path"]
@@ -291,10 +394,10 @@ class Smoke:
             return m is not None and int(m.group(1)) >= 1
 
         self.check(self.wait("attach", attached, 10), "the agent attached to the pod's link (netscope_agent_interfaces_attached >= 1)")
-        mode = re.search(r"iface=eni0smoke .*mode=(\w+)", self.log("agent"))
-        print(f"  [{self.label}] attach mode used: {mode.group(1) if mode else '?'}")
+        mode = "tc" if "netscope" in self.tc_filters("ingress") else "tcx"
+        print(f"  [{self.label}] attach mode used: {mode}")
         # Pod traffic, bounded: 20 pings at 0.1 s, each waiting at most 1 s.
-        sh("ip", "netns", "exec", self.pod_ns, "ping", "-c", "20", "-i", "0.1", "-W", "1", "10.77.0.1", check=False)
+        self.ping(20)
         # Where the chart's scrape annotations point (the plain port, no
         # certificate), else the main port.
         ann = self.dep["spec"]["template"]["metadata"].get("annotations", {})
@@ -321,34 +424,187 @@ class Smoke:
             self.check(self.wait("flow log", lambda: '"src_ip":"10.77.0.2"' in self.log("aggregator").replace(" ", ""), 10),
                        "a JSON flow log line for the pod's traffic is on the aggregator's stdout")
 
+        grace = aspec.get("terminationGracePeriodSeconds", 30)
+        ready = lambda: self.wait("agent ready", lambda: self.curl(f"http://127.0.0.1:{dport}{rpath}") == "200", 20) \
+            and self.wait("attach", attached, 10)
         agent_log = "agent"
-        tc_filters = lambda: sh("ip", "netns", "exec", self.node_ns, "tc", "filter", "show", "dev", "eni0smoke", "ingress",
-                                check=False).stdout
-        if mode and mode.group(1) == "tc":
-            # Legacy TC filters outlive a killed agent (TCX links do not).
-            # The next agent must take its stale filter over; it recognises
-            # it by the program name in the filter dump (no CAP_SYS_ADMIN).
+        if mode == "tc":
+            # A killed agent's legacy TC filter stays on the link. The next
+            # agent must take it over in place; it recognises it by the
+            # program name in the filter dump (no CAP_SYS_ADMIN). Traffic
+            # sent while no agent runs is counted by the pinned program.
             agent.kill()
             agent.wait()
-            self.check("netscope" in tc_filters(), "after SIGKILL the legacy TC filter is still on the link (the case to recover from)")
+            self.check("netscope" in self.tc_filters("ingress"),
+                       "after SIGKILL the legacy TC filter is still on the link (the case to recover from)")
+            self.ping(10)
             agent_log = "agent-restarted"
-            agent = self.spawn(agent_log, ["ip", "netns", "exec", self.node_ns, *wrap, *agent_cmd], env=env)
-            ok = self.wait("agent ready", lambda: self.curl(f"http://127.0.0.1:{dport}{rpath}") == "200", 20)
-            self.check(ok and self.wait("attach", attached, 10),
-                       "a restarted agent takes over the stale filter and attaches again")
-        # SIGTERM: detach, final drain and report, exit 0, within the grace period.
-        grace = aspec.get("terminationGracePeriodSeconds", 30)
+            agent = self.spawn(agent_log, agent_cmd, env=env)
+            self.check(ready(), "a restarted agent takes over the stale filter and attaches again")
+
+        # --- upgrade ------------------------------------------------------
+        if self.upgrade_ds is None:
+            agent = self.stop(agent, agent_log, grace)
+            return
+        uspec = self.upgrade_ds["spec"]["template"]["spec"]
+        (uctr,) = uspec["containers"]
+        self.check(uctr["image"] != gctr["image"], f"the upgrade rendering runs a new image ({gctr['image']} -> {uctr['image']})")
+        self.check(self.stop(agent, agent_log, grace), "SIGTERM before the upgrade")
+        self.check(self.attached_count(mode) >= 2,
+                   f"after SIGTERM the programs stay attached on both directions of the pod's link ({mode}: {self.attached_desc(mode)})")
+        pins = self.pins()
+        self.check(len(pins) > 0, f"after SIGTERM the pins stay under the chart's pin root {self.pin_root()}: {len(pins)} entries")
+        # Traffic while no agent runs (the image pull of a real upgrade).
+        self.ping(20)
+        up_cmd, up_env = self.container_cmd(uspec, uctr, "agent")
+        agent_log = "agent-upgraded"
+        agent = self.spawn(agent_log, up_cmd, env=up_env)
+        self.check(ready(), "the upgraded agent becomes ready and attached")
+        self.check(self.attached_count(mode) == 2,
+                   f"after the upgrade exactly one netscope program per direction ({mode}: {self.attached_desc(mode)})")
+        self.ping(20)
+        want = self.nft_counters()
+        got = {}
+
+        def exact():
+            got.update(self.counted_bytes(metrics_url, metrics_tls))
+            return got == want
+
+        secs = parse_secs(interval)
+        ok = self.wait("exact", exact, 4 * secs + 15)
+        self.check(ok, f"every byte between pod and node, before, during (no agent) and after the upgrade, counted "
+                       f"exactly: netscope {got}, nftables {want}")
+        if not ok:
+            print(self.log(agent_log)[-3000:], file=sys.stderr)
+
+        # --- uninstall ----------------------------------------------------
+        # The pre-delete hook Job deletes the agent DaemonSet and waits for
+        # its pods to end: SIGTERM.
+        self.check(self.stop(agent, agent_log, grace), "SIGTERM at uninstall (the hook Job deletes the agent DaemonSet)")
+        cleanup_ds = next((d for d in self.hooks if d["kind"] == "DaemonSet"), None)
+        if not self.check(cleanup_ds is not None, "the chart renders an uninstall cleanup DaemonSet (pre-delete hook)"):
+            return
+        cspec = cleanup_ds["spec"]["template"]["spec"]
+        (cctr,) = cspec["initContainers"]
+        self.check(cctr["image"] == uctr["image"], "the cleanup runs the agent's image")
+        for run in (1, 2):
+            cmd, cenv = self.container_cmd(cspec, cctr, "agent")
+            log = f"cleanup-{run}"
+            p = self.spawn(log, cmd, env=cenv)
+            try:
+                rc = p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                rc = None
+            if not self.check(rc == 0, f"cleanup run {run} ({' '.join(cctr['args'])}) exits 0 (rc {rc})"):
+                print(self.log(log)[-3000:], file=sys.stderr)
+        self.check(self.attached_count("tcx") == 0 and self.attached_count("tc") == 0,
+                   f"after the uninstall nothing of netscope is attached to the pod's link (tcx: {self.attached_desc('tcx')}; "
+                   f"tc: {self.attached_desc('tc')})")
+        left = self.pins()
+        self.check(not left, f"after the uninstall nothing is pinned under the chart's pin root {self.pin_root()}: {left[:5]}")
+        journal = [f for d in self.host_dirs() for f in os.listdir(d)]
+        self.check(not journal, f"after the uninstall the journal directory is empty: {journal[:5]}")
+
+    # --- lifecycle helpers -----------------------------------------------------
+
+    def container_cmd(self, spec, container, who):
+        """The container's command line as the kubelet would run it here:
+        its args (mounted paths moved) and env, under its capability set
+        only, in the node's namespaces with its bpffs mount."""
+        sc = container.get("securityContext", {})
+        env = dict(os.environ)
+        for e in container.get("env", []):
+            if "value" in e:
+                env[e["name"]] = e["value"]
+            elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
+                env[e["name"]] = "smoke-node"
+        if sc.get("privileged"):
+            wrap = []
+            print(f"  note [{self.label}] {container['name']} is privileged: run with every capability")
+        else:
+            caps = sc["capabilities"]["add"]
+            wrap = ["setpriv", "--bounding-set=-all," + ",".join("+" + c.lower() for c in caps)]
+            if sc.get("allowPrivilegeEscalation") is False:
+                wrap.append("--no-new-privs")
+            wrap.append("--")
+            print(f"  [{self.label}] {container['name']} capabilities: {caps} (bounding set), uid {sc.get('runAsUser')}")
+        args = [self.arg_fixes.get(a, a) for a in container["args"]]
+        cmd = [f"{self.bindir}/netscope-agent", *self.remap(args, spec, container, who)]
+        return self.in_node(spec, container, [*wrap, *cmd]), env
+
+    def stop(self, agent, log, grace):
+        """SIGTERM, as the kubelet sends it; True when the agent exits 0
+        within the grace period."""
         t0 = time.time()
         agent.send_signal(signal.SIGTERM)
         try:
             rc = agent.wait(timeout=grace)
         except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
             rc = None
         took = time.time() - t0
-        self.check(rc == 0, f"agent exits 0 on SIGTERM (rc {rc}, {took:.1f}s; grace {grace}s)")
-        if rc != 0:
-            print(self.log(agent_log)[-3000:], file=sys.stderr)
-        self.check("netscope" not in tc_filters(), "no netscope tc filter is left on the pod's link after shutdown")
+        ok = self.check(rc == 0, f"agent exits 0 on SIGTERM (rc {rc}, {took:.1f}s; grace {grace}s)")
+        if not ok:
+            print(self.log(log)[-3000:], file=sys.stderr)
+        return ok
+
+    def ping(self, n):
+        # Bounded: n pings at 0.1 s, each waiting at most 1 s.
+        sh("ip", "netns", "exec", self.pod_ns, "ping", "-q", "-c", str(n), "-i", "0.1", "-W", "1", "10.77.0.1", check=False)
+
+    def tc_filters(self, direction):
+        return sh("ip", "netns", "exec", self.node_ns, "tc", "filter", "show", "dev", "eni0smoke", direction,
+                  check=False).stdout
+
+    def tcx(self):
+        out = sh("ip", "netns", "exec", self.node_ns, sys.executable, os.path.abspath(__file__), "--tcx-count", "eni0smoke")
+        return json.loads(out.stdout)
+
+    def attached_count(self, mode):
+        if mode == "tcx":
+            return sum(self.tcx().values())
+        return sum("netscope" in self.tc_filters(d) for d in ("ingress", "egress"))
+
+    def attached_desc(self, mode):
+        if mode == "tcx":
+            return ", ".join(f"{k} {v}" for k, v in self.tcx().items())
+        return ", ".join(f"{d} {'netscope filter' if 'netscope' in self.tc_filters(d) else 'none'}" for d in ("ingress", "egress"))
+
+    def pin_root(self):
+        (ctr,) = self.ds["spec"]["template"]["spec"]["containers"]
+        return next(a.split("=", 1)[1] for a in ctr["args"] if a.startswith("--pin-root="))
+
+    def pins(self):
+        root = self.pin_root()
+        host = self.bpffs + root[len(BPFFS):]
+        found = []
+        for d, dirs, files in os.walk(host):
+            found += [os.path.join(d, x)[len(self.bpffs):] for x in dirs + files]
+        return found
+
+    def host_dirs(self):
+        return [os.path.join(self.tmp, d) for d in os.listdir(self.tmp) if d.startswith("host-")]
+
+    def nft_counters(self):
+        out = sh("ip", "netns", "exec", self.pod_ns, "nft", "-j", "list", "table", "inet", "netscope_smoke").stdout
+        got = {}
+        for item in json.loads(out)["nftables"]:
+            rule = item.get("rule")
+            if not rule:
+                continue
+            c = next(e["counter"] for e in rule["expr"] if "counter" in e)
+            got[rule["chain"]] = c["bytes"]
+        return {("smoke-pod", "smoke-node"): got["out"], ("smoke-node", "smoke-pod"): got["in"]}
+
+    def counted_bytes(self, url, tls):
+        got = {}
+        for m in re.finditer(r'^pod_network_traffic_bytes_total\{([^}]*)\} (\S+)', self.fetch(url, tls), re.M):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            key = (labels.get("src_pod"), labels.get("dst_pod"))
+            got[key] = got.get(key, 0) + int(float(m.group(2)))
+        return got
 
     def cleanup(self):
         for name, p in self.procs:
@@ -362,6 +618,7 @@ class Smoke:
         for ns in (self.pod_ns, self.node_ns):
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(f"/etc/netns/{self.node_ns}", ignore_errors=True)
+        shutil.rmtree(self.bpffs, ignore_errors=True)
         if not self.failures:
             shutil.rmtree(self.tmp, ignore_errors=True)
         else:
@@ -370,9 +627,16 @@ class Smoke:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bindir", required=True)
-    ap.add_argument("rendered", nargs="+", help="LABEL=FILE")
+    ap.add_argument("--bindir")
+    ap.add_argument("--tcx-count", metavar="IFNAME", help=argparse.SUPPRESS)
+    ap.add_argument("rendered", nargs="*", help="LABEL=FILE[,UPGRADE_FILE]: a rendering, and the same release "
+                    "upgraded to a new build (then the upgrade and the uninstall are played too)")
     o = ap.parse_args()
+    if o.tcx_count:
+        print(json.dumps(tcx_count(o.tcx_count)))
+        return 0
+    if not o.bindir or not o.rendered:
+        ap.error("--bindir and at least one rendering are required")
     if os.geteuid() != 0:
         print("chart-smoke: SKIPPED: needs root (network namespaces, BPF)", file=sys.stderr)
         return 2
@@ -381,9 +645,10 @@ def main():
     sweep()
     total_pass = total_fail = 0
     for spec in o.rendered:
-        label, _, path = spec.partition("=")
-        print(f"  == smoke run of the '{label}' rendering")
-        s = Smoke(path, o.bindir, label)
+        label, _, paths = spec.partition("=")
+        path, _, upgrade = paths.partition(",")
+        print(f"  == smoke run of the '{label}' rendering" + (", upgrade and uninstall" if upgrade else ""))
+        s = Smoke(path, o.bindir, label, upgrade or None)
         try:
             s.run()
         except Exception as e:  # a set-up step failed: report it as a failure

@@ -7,7 +7,7 @@ say() { printf 'deps: %s\n' "$*"; }
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(uname -s)" = Linux ] || die "netscope needs Linux (found $(uname -s))."
-command -v apt-get >/dev/null 2>&1 || die "no apt-get: only Debian and Ubuntu are supported by 'make deps'. Install by hand: clang libelf-dev zlib1g-dev pkg-config iproute2 nftables ethtool conntrack iputils-ping prometheus qemu-system-x86 busybox-static cpio binutils g++ xz-utils debian-archive-keyring npm unzip python3-venv openssl podman runc."
+command -v apt-get >/dev/null 2>&1 || die "no apt-get: only Debian and Ubuntu are supported by 'make deps'. Install by hand: clang libelf-dev zlib1g-dev pkg-config iproute2 nftables ethtool conntrack iputils-ping prometheus qemu-system-x86 busybox-static cpio binutils g++ xz-utils debian-archive-keyring npm unzip python3-venv openssl podman runc iperf3 bpftool."
 
 # Debian package -> a file that proves it is installed.
 declare -A PKGS=(
@@ -40,6 +40,9 @@ declare -A PKGS=(
   # namespaces), runc (works on cgroup v1, hybrid and v2 hosts).
   [podman]=/usr/bin/podman
   [runc]=/usr/sbin/runc
+  # make bench: the real-traffic overhead benchmark (benches/real_traffic.py).
+  [iperf3]=/usr/bin/iperf3
+  [bpftool]=/usr/sbin/bpftool
   # libFuzzer (make fuzz) is C++.
   [g++]=/usr/bin/g++
 )

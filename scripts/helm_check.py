@@ -405,6 +405,29 @@ def check_chart(docs, sources, c):
         if "/sys/fs/bpf" in mounts:
             vol = next(v for v in spec["volumes"] if v["name"] == mounts["/sys/fs/bpf"]["name"])
             c.check(vol.get("hostPath", {}).get("path") == "/sys/fs/bpf", "bpffs mount is not the host's /sys/fs/bpf")
+        # Pinned state and the journal outlive the agent (docs/deploy.md,
+        # "Upgrades and restarts"): both on the host.
+        pin_root = a.get("--pin-root")
+        if "--no-pin" in a:
+            print("  note: agent --no-pin: restarts and upgrades leave a gap")
+            c.check("/sys/fs/bpf" not in mounts and pin_root is None,
+                    "agent --no-pin with the bpffs mounted or a --pin-root: the chart pins whenever it can")
+        elif c.check(isinstance(pin_root, str) and pin_root.startswith("/sys/fs/bpf/"),
+                     f"agent --pin-root {pin_root!r} must be under /sys/fs/bpf/"):
+            c.check("/sys/fs/bpf" in mounts, "agent --pin-root needs the host's bpffs mounted at /sys/fs/bpf")
+        state = a.get("--state-dir")
+        if c.check(isinstance(state, str) and state.startswith("/"), f"agent --state-dir {state!r} must be an absolute path"):
+            m = mounts.get(state)
+            vol = next((v for v in spec.get("volumes", []) if m and v["name"] == m["name"]), None)
+            c.check(vol is not None and vol.get("hostPath", {}).get("path") == state
+                    and vol["hostPath"].get("type") == "DirectoryOrCreate",
+                    f"agent --state-dir {state} must be a hostPath of the same path (DirectoryOrCreate): the journal "
+                    f"must outlive the pod")
+        # Never two agents on one node: they would drain the same pinned
+        # maps and bind the same debug port.
+        us = ds["spec"].get("updateStrategy", {})
+        surge = us.get("rollingUpdate", {}).get("maxSurge", 0)
+        c.check(str(surge) in ("0", "0%"), f"agent updateStrategy maxSurge {surge!r}: must be 0")
         c.check({"operator": "Exists"} in spec.get("tolerations", []),
                 "agent must tolerate every taint (operator: Exists) to run on all nodes")
         c.check(spec.get("automountServiceAccountToken") is False, "agent needs no API token")
@@ -727,6 +750,113 @@ def check_production(docs, c, promtool="promtool"):
 
 # --- main --------------------------------------------------------------------
 
+def is_hook(d):
+    return "helm.sh/hook" in d.get("metadata", {}).get("annotations", {})
+
+
+def check_uninstall_hooks(hooks, docs, sources, c):
+    """The uninstall cleanup (docs/deploy.md, "Uninstalling"): pre-delete
+    hooks that stop every agent, then run `netscope-agent --cleanup` on
+    every node the agents ran on, and a Job Helm waits on until every node
+    has done so."""
+    ds = next(iter(by_kind(docs, "DaemonSet")), None)
+    enabled = VALUES.get("agent", {}).get("cleanupOnUninstall", {}).get("enabled", True)
+    if ds is None or not enabled:
+        c.check(not hooks, f"hooks rendered without the agent or with cleanupOnUninstall off: "
+                           f"{[d['kind'] + '/' + d['metadata']['name'] for d in hooks]}")
+        return
+    weight = lambda d: int(d["metadata"]["annotations"].get("helm.sh/hook-weight", "0"))
+    for d in hooks:
+        ann = d["metadata"]["annotations"]
+        kn = f"{d['kind']}/{d['metadata']['name']}"
+        c.check(ann["helm.sh/hook"] == "pre-delete", f"{kn}: hook {ann['helm.sh/hook']!r}, want pre-delete")
+        c.check("before-hook-creation" in ann.get("helm.sh/hook-delete-policy", ""),
+                f"{kn}: a retried uninstall must replace it (hook-delete-policy before-hook-creation)")
+    jobs = by_kind(hooks, "Job")
+    cds = by_kind(hooks, "DaemonSet")
+    if not (c.check(len(cds) == 1, f"one cleanup DaemonSet hook, found {len(cds)}")
+            and c.check(len(jobs) == 2, f"two hook Jobs (stop the agents, wait for the cleanup), found {len(jobs)}")):
+        return
+    (cds,) = cds
+    agent = ds["metadata"]["name"]
+    kargs = lambda j: j["spec"]["template"]["spec"]["containers"][0].get("args", [])
+    stop = next((j for j in jobs if kargs(j)[:3] == ["delete", "daemonset", agent]), None)
+    wait = next((j for j in jobs if kargs(j)[:3] == ["rollout", "status", f"daemonset/{cds['metadata']['name']}"]), None)
+    if not (c.check(stop is not None, f"a hook Job deletes the agent DaemonSet {agent}: {[kargs(j) for j in jobs]}")
+            and c.check(wait is not None, f"a hook Job waits for the rollout of the cleanup DaemonSet "
+                                          f"{cds['metadata']['name']}: {[kargs(j) for j in jobs]}")):
+        return
+    sa = kargs(stop)
+    c.check("--cascade=foreground" in sa and "--wait=true" in sa,
+            f"the stop Job must wait until the agent pods are gone (--cascade=foreground --wait=true): {sa}")
+    c.check(any(a.startswith("--timeout=") for a in sa) and any(a.startswith("--timeout=") for a in kargs(wait)),
+            "both hook Jobs bound their wait (--timeout)")
+    # Order: RBAC, stop the agents, clean every node, wait for it.
+    rbac = [d for d in hooks if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    c.check(all(weight(d) < weight(stop) for d in rbac) and weight(stop) < weight(cds) < weight(wait),
+            f"hook order must be RBAC < stop agents < cleanup DaemonSet < wait: weights "
+            f"{[(d['kind'], weight(d)) for d in rbac]}, stop {weight(stop)}, cleanup {weight(cds)}, wait {weight(wait)}")
+    # The Jobs may do exactly that.
+    job_sa = stop["spec"]["template"]["spec"].get("serviceAccountName")
+    c.check(wait["spec"]["template"]["spec"].get("serviceAccountName") == job_sa, "both Jobs run as the hook ServiceAccount")
+    c.check(any(d["kind"] == "ServiceAccount" and d["metadata"]["name"] == job_sa for d in rbac),
+            f"the hook ServiceAccount {job_sa!r} is a hook itself (created first)")
+    granted = set()
+    for r in (d for d in rbac if d["kind"] == "Role"):
+        for rule in r["rules"]:
+            for res in rule["resources"]:
+                for v in rule["verbs"]:
+                    names = rule.get("resourceNames") or ["*"]
+                    for n in names:
+                        granted.add((tuple(rule["apiGroups"]), res, v, n))
+    c.check((("apps",), "daemonsets", "delete", agent) in granted,
+            f"the hook Role may delete the agent DaemonSet {agent}")
+    c.check(not any(v == "delete" and n != agent for _, _, v, n in granted),
+            "the hook Role may delete nothing but the agent DaemonSet")
+    for v in ("get", "list", "watch"):
+        c.check((("apps",), "daemonsets", v, "*") in granted, f"the hook Role lacks {v} on daemonsets")
+    rbs = [d for d in rbac if d["kind"] == "RoleBinding"]
+    c.check(any({"kind": "ServiceAccount", "name": job_sa, "namespace": "netscope-system"} in rb["subjects"] for rb in rbs),
+            "a hook RoleBinding binds the hook Role to the Jobs' ServiceAccount")
+    for j in jobs:
+        jsc = j["spec"]["template"]["spec"].get("securityContext", {})
+        c.check(jsc.get("runAsNonRoot") is True, f"Job/{j['metadata']['name']} runs as non-root")
+        c.check(j["spec"]["template"]["spec"].get("restartPolicy") in ("Never", "OnFailure"), "Job restartPolicy")
+    # The cleanup DaemonSet: every node the agents run on, with the agent's
+    # image, capabilities, host mounts, pin root and state directory.
+    aspec, cspec = ds["spec"]["template"]["spec"], cds["spec"]["template"]["spec"]
+    (actr,) = aspec["containers"]
+    inits = cspec.get("initContainers", [])
+    if not c.check(len(inits) == 1, "the cleanup DaemonSet has one init container (the cleanup)"):
+        return
+    (ictr,) = inits
+    ia, aa = args_of(ictr), args_of(actr)
+    check_flags(AGENT, ictr, sources, c)
+    c.check(ia.get("--cleanup") is True, f"the cleanup init container runs --cleanup: {ictr.get('args')}")
+    for flag in ("--pin-root", "--no-pin", "--state-dir"):
+        c.check(ia.get(flag) == aa.get(flag), f"cleanup {flag} {ia.get(flag)!r} != the agent's {aa.get(flag)!r}")
+    c.check(ictr["image"] == actr["image"], "the cleanup runs the agent's image")
+    c.check(ictr.get("securityContext") == actr.get("securityContext"),
+            "the cleanup runs with the agent's securityContext (capabilities)")
+    c.check(cspec.get("hostNetwork") is True, "the cleanup is on the host network (the node's interfaces)")
+    for key in ("nodeSelector", "tolerations", "affinity"):
+        c.check(cspec.get(key) == aspec.get(key), f"the cleanup's {key} differs from the agent's: it must reach every agent node")
+    amounts = {m["mountPath"]: m["name"] for m in actr.get("volumeMounts", [])}
+    imounts = {m["mountPath"]: m["name"] for m in ictr.get("volumeMounts", [])}
+    avols = {v["name"]: v for v in aspec.get("volumes", [])}
+    cvols = {v["name"]: v for v in cspec.get("volumes", [])}
+    for path in ("/sys/fs/bpf", aa.get("--state-dir")):
+        if path in amounts:
+            c.check(path in imounts and cvols.get(imounts[path], {}).get("hostPath") == avols[amounts[path]].get("hostPath"),
+                    f"the cleanup mounts the agent's hostPath at {path}")
+    # Its pods must not count as agents for the aggregator.
+    labels = cds["spec"]["template"]["metadata"]["labels"]
+    agent_sel = ds["spec"]["selector"]["matchLabels"]
+    c.check(not selector_matches(agent_sel, labels), "cleanup pods carry the agent's selector labels")
+    c.check(selector_matches(cds["spec"]["selector"]["matchLabels"], labels), "cleanup DaemonSet selector matches its pods")
+    c.check(len(cspec.get("containers", [])) == 1, "the cleanup DaemonSet has one main container (keeps the pod Ready)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("rendered", nargs="?")
@@ -769,8 +899,11 @@ def main():
     c.check(len(docs) > 0, "nothing rendered")
     print(f"  rendered: {', '.join(d['kind'] + '/' + d['metadata']['name'] for d in docs)}")
     validate_schemas(docs, o.k8s_version, c)
+    hooks = [d for d in docs if is_hook(d)]
+    docs = [d for d in docs if not is_hook(d)]
     check_chart(docs, sources, c)
     check_production(docs, c)
+    check_uninstall_hooks(hooks, docs, sources, c)
     return 0 if c.done() else 1
 
 

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -28,10 +29,13 @@ fn tcx_attach_type(direction: Direction) -> libbpf_sys::bpf_attach_type {
     }
 }
 
-/// A TCX link. Closing the fd removes exactly this link.
+/// A TCX link. Closing the fd removes exactly this link, unless it is
+/// pinned (`pin`): then it stays until [`Attachment::detach`] or
+/// `netscope-agent --cleanup`.
 #[derive(Debug)]
 struct TcxAttachment {
     link: Option<OwnedFd>,
+    pin: Option<PathBuf>,
     iface: Interface,
     direction: Direction,
 }
@@ -50,6 +54,19 @@ impl Attachment for TcxAttachment {
         let link = self.link.take().expect("a live attachment has its link");
         let res = sys::link_detach(link.as_fd());
         drop(link);
+        if let Some(p) = self.pin.take() {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(AttachError::Pin {
+                        iface: self.iface.clone(),
+                        direction: self.direction,
+                        path: p,
+                        source: e,
+                    })
+                }
+                _ => {}
+            }
+        }
         match res {
             // ENOLINK: the interface is gone and took the link with it.
             Err(e) if e.raw_os_error() != Some(libc::ENOLINK) => Err(AttachError::Detach {
@@ -69,6 +86,9 @@ struct TcAttachment {
     filter: Option<TcFilter>,
     /// Keeps the filter first; told before the filter is removed.
     guard: Option<Arc<TcGuard>>,
+    /// Pinning on: dropping leaves the filter counting for the next agent
+    /// (only `detach` removes it).
+    persist: bool,
     netns: u64,
     iface: Interface,
     direction: Direction,
@@ -119,6 +139,12 @@ impl Attachment for TcAttachment {
 
 impl Drop for TcAttachment {
     fn drop(&mut self) {
+        if self.persist {
+            if let (Some(g), Some(_)) = (self.guard.take(), &self.filter) {
+                g.unwatch(self.iface.ifindex, self.direction);
+            }
+            return;
+        }
         if let Err(e) = self.remove() {
             tracing::warn!(iface = %self.iface.name, ifindex = self.iface.ifindex, direction = %self.direction, mode = "tc", error = %e, "detach failed");
         }
@@ -200,13 +226,56 @@ impl BpfAttacher {
         iface: &Interface,
         direction: Direction,
     ) -> io::Result<Box<dyn Attachment>> {
-        let link = sys::tcx_link_create(
-            self.capture.program(direction),
-            iface.ifindex,
-            tcx_attach_type(direction),
-        )?;
+        let prog = self.capture.program(direction);
+        let Some(pin) = self.capture.pin_dir() else {
+            let link = sys::tcx_link_create(prog, iface.ifindex, tcx_attach_type(direction))?;
+            return Ok(Box::new(TcxAttachment {
+                link: Some(link),
+                pin: None,
+                iface: iface.clone(),
+                direction,
+            }));
+        };
+        let path = pin.link_path(iface.ifindex, direction);
+        let pin_err = |e: crate::pin::PinError| io::Error::other(e);
+        // A link of this layout, or of the previous one (an upgrade): put
+        // this program behind it, atomically; the hook never runs empty.
+        let mut found = crate::pin::adopt_link(&path, iface.ifindex, direction).map_err(pin_err)?;
+        if found.is_none() {
+            for (_, old_dir) in pin.other_layouts() {
+                let old = crate::pin::link_path(&old_dir, iface.ifindex, direction);
+                if let Some(fd) =
+                    crate::pin::adopt_link(&old, iface.ifindex, direction).map_err(pin_err)?
+                {
+                    sys::obj_pin(fd.as_fd(), &path)?;
+                    std::fs::remove_file(&old)?;
+                    found = Some(fd);
+                    break;
+                }
+            }
+        }
+        let link = match found {
+            Some(fd) => {
+                sys::link_update(fd.as_fd(), prog)?;
+                metrics::counter!("netscope_agent_pinned_links_adopted_total").increment(1);
+                tracing::info!(iface = ?iface.name, ifindex = iface.ifindex, direction = %direction, "adopted a pinned TCX link: program replaced in place");
+                fd
+            }
+            None => {
+                let fd = sys::tcx_link_create(prog, iface.ifindex, tcx_attach_type(direction))?;
+                if let Err(e) = sys::obj_pin(fd.as_fd(), &path) {
+                    let _ = sys::link_detach(fd.as_fd());
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("pinning the TCX link at {}: {e}", path.display()),
+                    ));
+                }
+                fd
+            }
+        };
         Ok(Box::new(TcxAttachment {
             link: Some(link),
+            pin: Some(path),
             iface: iface.clone(),
             direction,
         }))
@@ -268,6 +337,7 @@ impl BpfAttacher {
         Ok(Box::new(TcAttachment {
             filter: Some(filter),
             guard,
+            persist: self.capture.pin_dir().is_some(),
             netns,
             iface: iface.clone(),
             direction,
@@ -361,4 +431,51 @@ pub fn interface(name: &str) -> io::Result<Interface> {
 /// The kernel's error (EINVAL on kernels without TCX).
 pub fn tcx_programs(ifindex: u32, direction: Direction) -> io::Result<Vec<u32>> {
     sys::tcx_query(ifindex, tcx_attach_type(direction))
+}
+
+/// Removes netscope's legacy-TC filters (handle [`TC_HANDLE`], priority
+/// [`TC_PRIORITY`], a program named `netscope_*`) from every interface of the
+/// calling thread's network namespace; for `netscope-agent --cleanup`.
+/// Another tool's filter at the same place is left alone. Returns the
+/// interfaces and directions cleaned.
+///
+/// # Errors
+/// Listing the interfaces failed; per-filter failures are logged.
+pub fn remove_tc_filters() -> io::Result<Vec<(String, Direction)>> {
+    crate::loader::route_libbpf_logs();
+    let mut removed = Vec::new();
+    for (name, ifindex) in sys::interfaces()? {
+        for direction in Direction::BOTH {
+            let filter = TcFilter {
+                ifindex,
+                ingress: direction == Direction::FromPod,
+                handle: TC_HANDLE,
+                priority: TC_PRIORITY,
+            };
+            let Ok(Some(id)) = filter.query() else {
+                continue;
+            };
+            let prog = match sys::prog_name_by_id(id) {
+                Ok(n) => n,
+                Err(_) => crate::links::tc_filter_prog_name(
+                    ifindex,
+                    filter.ingress,
+                    TC_HANDLE,
+                    TC_PRIORITY,
+                )?
+                .unwrap_or_default(),
+            };
+            if !prog.starts_with(PROGRAM_NAME_PREFIX) {
+                tracing::warn!(iface = ?name, direction = %direction, prog = ?prog, "a filter at netscope's handle and priority runs another tool's program: left alone");
+                continue;
+            }
+            match filter.detach() {
+                Ok(()) => removed.push((name.clone(), direction)),
+                Err(e) => {
+                    tracing::error!(iface = ?name, direction = %direction, error = %e, "removing netscope's tc filter failed")
+                }
+            }
+        }
+    }
+    Ok(removed)
 }

@@ -58,7 +58,15 @@ pub fn foreign_ingress(
         let ifindex = link.iface.ifindex;
         // EINVAL on kernels without TCX: no TCX programs there.
         let tcx = tcx_programs(ifindex, Direction::FromPod).unwrap_or_default();
-        let mut n = tcx.iter().filter(|id| !netscope_ids.contains(id)).count();
+        // A pinned link of an earlier agent runs a netscope program of
+        // another id until this agent replaces it (issue 15): by name.
+        let mut n = tcx
+            .iter()
+            .filter(|id| !netscope_ids.contains(id))
+            .filter(|id| {
+                !crate::sys::prog_name_by_id(**id).is_ok_and(|n| n.starts_with(PROGRAM_NAME_PREFIX))
+            })
+            .count();
         n += tc_filters(ifindex, true)
             .unwrap_or_default()
             .iter()

@@ -12,17 +12,19 @@ pub mod datapath;
 pub mod links;
 mod loader;
 pub mod maps;
+pub mod pin;
 mod sys;
 pub mod tcguard;
 #[doc(hidden)]
 pub mod testing;
 
 pub use attach::{
-    interface, tcx_programs, BpfAttacher, PROGRAM_NAME_PREFIX, TC_HANDLE, TC_PRIORITY,
+    interface, remove_tc_filters, tcx_programs, BpfAttacher, PROGRAM_NAME_PREFIX, TC_HANDLE,
+    TC_PRIORITY,
 };
-pub use collector::BpfCollector;
+pub use collector::{BpfCollector, UpgradeCollector};
 pub use loader::{
-    Capture, CaptureConfig, LoadError, DEFAULT_MAX_FLOWS, MAX_MAX_FLOWS, MAX_SERVICE_CIDRS,
+    Capture, CaptureConfig, LoadError, Pinned, DEFAULT_MAX_FLOWS, MAX_MAX_FLOWS, MAX_SERVICE_CIDRS,
 };
 pub use sys::TestRun;
 

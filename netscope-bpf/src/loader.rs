@@ -12,6 +12,7 @@ use netscope::flow::addr_to_raw;
 use netscope::Direction;
 
 use crate::maps::{FlowMapLayout, KEY_SIZE};
+use crate::pin::{Meta, PinDir, PINNED_MAPS};
 use crate::skel::{types, NetscopeSkelBuilder};
 use crate::sys;
 
@@ -56,6 +57,10 @@ pub enum LoadError {
     /// debug log of target `libbpf`).
     #[error("loading the BPF program into the kernel (needs root or CAP_BPF+CAP_NET_ADMIN; verifier output is logged at debug level)")]
     Load(#[source] libbpf_rs::Error),
+    /// The pin directory cannot be used (not bpffs, something else's pins,
+    /// another layout).
+    #[error("pinned state")]
+    Pin(#[from] crate::pin::PinError),
     /// Preparing the loaded maps failed.
     #[error("preparing BPF map {map}")]
     Setup {
@@ -74,6 +79,9 @@ pub(crate) struct BufferState {
     pub active: usize,
     /// Last values read of the lost_* counters (cumulative in the kernel).
     pub lost_seen: (u64, u64),
+    /// Without pinning: the last stage's epoch and its side while it is
+    /// uncommitted (with pinning they live in the meta map).
+    pub epoch: (u64, Option<usize>),
 }
 
 /// The loaded capture program and its maps. Share it (`Arc`) between the
@@ -91,9 +99,23 @@ pub struct Capture {
     pub(crate) layout: FlowMapLayout,
     pub(crate) capacity: u32,
     pub(crate) state: Mutex<BufferState>,
+    /// Where the maps are pinned, when they are.
+    pin: Option<PinDir>,
+    /// The pinned meta map (epoch of the two-phase drain).
+    meta: Option<OwnedFd>,
 }
 
-fn route_libbpf_logs() {
+/// What [`Capture::load_pinned`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pinned {
+    /// Nothing was pinned: new maps, now pinned.
+    Created,
+    /// The maps of an earlier agent (same layout) were adopted: what they
+    /// counted while no agent ran is in the next drain.
+    Adopted,
+}
+
+pub(crate) fn route_libbpf_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         libbpf_rs::set_print(Some((PrintLevel::Debug, |level, msg| {
@@ -103,7 +125,8 @@ fn route_libbpf_logs() {
             // sure there is one: the kernel's complaints about either are
             // expected, not news.
             let expected = msg.contains("Cannot find specified filter chain")
-                || msg.contains("Exclusivity flag on, cannot modify");
+                || msg.contains("Exclusivity flag on, cannot modify")
+                || msg.contains("Parent Qdisc doesn't exists");
             match level {
                 PrintLevel::Warn if !expected => tracing::warn!(target: "libbpf", "{msg}"),
                 PrintLevel::Warn => tracing::debug!(target: "libbpf", "{msg}"),
@@ -161,6 +184,29 @@ impl Capture {
     /// # Minimum kernel version
     /// 5.10 (per-CPU hash batch operations, zero-filled per-CPU inserts).
     pub fn load(config: &CaptureConfig) -> Result<Capture, LoadError> {
+        Self::load_inner(config, None).map(|(c, _)| c)
+    }
+
+    /// Like [`Capture::load`], with the maps pinned in `pin` (checked and
+    /// adopted when an earlier agent of the same layout pinned them, made and
+    /// pinned otherwise). A pinned capacity other than `config.max_flows`
+    /// wins (the tables cannot be resized without losing their counts): the
+    /// new capacity applies after `netscope-agent --cleanup`.
+    ///
+    /// # Errors
+    /// As [`Capture::load`], and [`LoadError::Pin`] when the directory is not
+    /// on bpffs or holds something that is not this layout's.
+    pub fn load_pinned(
+        config: &CaptureConfig,
+        pin: &PinDir,
+    ) -> Result<(Capture, Pinned), LoadError> {
+        Self::load_inner(config, Some(pin))
+    }
+
+    fn load_inner(
+        config: &CaptureConfig,
+        pin: Option<&PinDir>,
+    ) -> Result<(Capture, Pinned), LoadError> {
         if config.max_flows == 0 || config.max_flows > MAX_MAX_FLOWS {
             return Err(LoadError::Config(format!(
                 "max_flows must be between 1 and {MAX_MAX_FLOWS}, got {}",
@@ -190,10 +236,55 @@ impl Capture {
             *slot = svc_cidr(net);
         }
 
+        let ncpus = sys::possible_cpus().map_err(|source| LoadError::Setup {
+            map: "flows_a",
+            source,
+        })?;
+        let mut max_flows = config.max_flows;
+        let mut adopted = None;
+        if let Some(pin) = pin {
+            pin.prepare()?;
+            let want = Meta::current(pin.layout(), config.max_flows, ncpus);
+            if let Some(meta) = pin.check_existing(&want)? {
+                if meta.max_flows != config.max_flows {
+                    tracing::warn!(pinned = meta.max_flows, wanted = config.max_flows, dir = ?pin.dir(),
+                        "the pinned flow tables keep their capacity; --max-flows applies after netscope-agent --cleanup");
+                }
+                max_flows = meta.max_flows;
+                let mut fds = Vec::new();
+                for name in PINNED_MAPS {
+                    fds.push(pin.open_map(name)?);
+                }
+                adopted = Some(fds);
+            }
+        }
+        if let Some(fds) = &adopted {
+            let maps = [
+                &mut open.maps.flows_a,
+                &mut open.maps.flows_b,
+                &mut open.maps.flow_tables,
+                &mut open.maps.flow_cache,
+                &mut open.maps.data_ctl,
+                &mut open.maps.bss,
+            ];
+            for (map, fd) in maps.into_iter().zip(fds) {
+                if map.name().to_str() != Some("flows_a") && map.name().to_str() != Some("flows_b")
+                {
+                    // libbpf compares type, sizes, flags and capacity.
+                } else {
+                    map.set_max_entries(max_flows + 1)
+                        .map_err(LoadError::Open)?;
+                }
+                map.reuse_fd(fd.as_fd()).map_err(LoadError::Open)?;
+            }
+        }
+
         // One extra entry per table for the overflow slot.
-        let entries = config.max_flows + 1;
-        for map in [&mut open.maps.flows_a, &mut open.maps.flows_b] {
-            map.set_max_entries(entries).map_err(LoadError::Open)?;
+        let entries = max_flows + 1;
+        if adopted.is_none() {
+            for map in [&mut open.maps.flows_a, &mut open.maps.flows_b] {
+                map.set_max_entries(entries).map_err(LoadError::Open)?;
+            }
         }
         // The outer map's inner template keeps the compiled-in max_entries:
         // since 5.10 the kernel does not compare max_entries of inner hash
@@ -238,11 +329,26 @@ impl Capture {
         // the libbpf object behind it) is no longer needed.
         drop(skel);
 
-        let ncpus = sys::possible_cpus().map_err(|source| LoadError::Setup {
-            map: "flows_a",
-            source,
-        })?;
         let layout = FlowMapLayout::new(ncpus);
+        // The side the program writes to now (an adopted data_ctl keeps it).
+        let mut active = [0u8; 4];
+        sys::map_lookup(ctl.as_fd(), &0u32.to_ne_bytes(), &mut active).map_err(|source| {
+            LoadError::Setup {
+                map: "data_ctl",
+                source,
+            }
+        })?;
+        let active = usize::from(u32::from_ne_bytes(active) == 1);
+        // The lost counters are cumulative: an adopted bss starts from what
+        // it holds (the previous agent reported up to about there).
+        let mut bss_now = [0u8; 16];
+        let lost_seen = match sys::map_lookup(bss.as_fd(), &0u32.to_ne_bytes(), &mut bss_now) {
+            Ok(true) if adopted.is_some() => (
+                u64::from_ne_bytes(bss_now[0..8].try_into().expect("8 bytes")),
+                u64::from_ne_bytes(bss_now[8..16].try_into().expect("8 bytes")),
+            ),
+            _ => (0, 0),
+        };
         let capture = Capture {
             progs,
             prog_ids,
@@ -252,18 +358,84 @@ impl Capture {
             ctl,
             bss,
             layout,
-            capacity: config.max_flows,
+            capacity: max_flows,
             state: Mutex::new(BufferState {
-                active: 0,
-                lost_seen: (0, 0),
+                active,
+                lost_seen,
+                epoch: (0, None),
             }),
+            pin: pin.cloned(),
+            meta: None,
         };
+        let mut capture = capture;
         for (i, name) in [(0, "flows_a"), (1, "flows_b")] {
             capture
                 .install_overflow_slot(i)
                 .map_err(|source| LoadError::Setup { map: name, source })?;
         }
-        Ok(capture)
+        let how = match (pin, adopted.is_some()) {
+            (Some(_), true) => Pinned::Adopted,
+            (Some(pin), false) => {
+                let fds = [
+                    capture.tables[0].as_fd(),
+                    capture.tables[1].as_fd(),
+                    capture.flow_tables.as_fd(),
+                    capture.cache.as_fd(),
+                    capture.ctl.as_fd(),
+                    capture.bss.as_fd(),
+                ];
+                for (name, fd) in PINNED_MAPS.into_iter().zip(fds) {
+                    pin.pin_map(name, fd)?;
+                }
+                // Last: a directory with meta is complete.
+                pin.write_meta(&Meta::current(pin.layout(), max_flows, ncpus))?;
+                Pinned::Created
+            }
+            (None, _) => Pinned::Created,
+        };
+        if let Some(pin) = pin {
+            capture.meta = Some(pin.open_map(crate::pin::META)?);
+        }
+        if how == Pinned::Adopted {
+            metrics::counter!("netscope_agent_pinned_maps_adopted_total").increment(1);
+        }
+        Ok((capture, how))
+    }
+
+    /// Kernel id of the pinned meta map (0 without pinning): the scope of
+    /// the drain epochs.
+    pub(crate) fn meta_id(&self) -> u64 {
+        self.meta
+            .as_ref()
+            .and_then(|m| sys::map_info(m.as_fd()).ok())
+            .map_or(0, |i| u64::from(i.id))
+    }
+
+    /// The two-phase drain's epoch and its uncommitted side, if any.
+    pub(crate) fn load_epoch(&self, state: &BufferState) -> std::io::Result<(u64, Option<usize>)> {
+        match &self.meta {
+            Some(m) => crate::pin::read_epoch(m.as_fd()),
+            None => Ok(state.epoch),
+        }
+    }
+
+    /// Records the epoch and its uncommitted side (`None` once committed).
+    pub(crate) fn store_epoch(
+        &self,
+        state: &mut BufferState,
+        epoch: u64,
+        staged: Option<usize>,
+    ) -> std::io::Result<()> {
+        state.epoch = (epoch, staged);
+        match &self.meta {
+            Some(m) => crate::pin::write_epoch(m.as_fd(), epoch, staged),
+            None => Ok(()),
+        }
+    }
+
+    /// The pin directory, when the maps are pinned.
+    pub fn pin_dir(&self) -> Option<&PinDir> {
+        self.pin.as_ref()
     }
 
     /// Puts the all-zero overflow key into table `i` unless it is there.

@@ -441,3 +441,223 @@ pub fn all_prog_ids() -> io::Result<Vec<u32>> {
         }
     }
 }
+
+// ---- Pinning (issue 15): bpffs objects that outlive the agent. ----
+
+fn c_path(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))
+}
+
+/// `BPF_OBJ_PIN`: pins `fd` (map, program or link) at `path` in bpffs.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    let p = c_path(path)?;
+    // SAFETY: p is a NUL-terminated path that outlives the call; fd is valid.
+    let ret = unsafe { libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), p.as_ptr()) };
+    check(ret).map(|_| ())
+}
+
+/// `BPF_OBJ_GET`: opens the object pinned at `path`.
+pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let p = c_path(path)?;
+    // SAFETY: p is a NUL-terminated path that outlives the call.
+    let fd = check(unsafe { libbpf_sys::bpf_obj_get(p.as_ptr()) })?;
+    // SAFETY: the kernel just returned this new fd, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What the kernel says about a map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapInfo {
+    /// `BPF_MAP_TYPE_*`.
+    pub map_type: u32,
+    /// Kernel id.
+    pub id: u32,
+    /// Key size in bytes.
+    pub key_size: u32,
+    /// Value size in bytes (per CPU for per-CPU maps).
+    pub value_size: u32,
+    /// Capacity.
+    pub max_entries: u32,
+    /// The kernel's copy of the name (at most 15 bytes).
+    pub name: String,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` for a map; `EINVAL` when `fd` is no map.
+pub fn map_info(map: BorrowedFd<'_>) -> io::Result<MapInfo> {
+    let mut info = libbpf_sys::bpf_map_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_map_info>() as u32;
+    // SAFETY: info is a bpf_map_info of len bytes; its pointer fields are
+    // null, so the kernel fills scalars only.
+    let ret = unsafe { libbpf_sys::bpf_map_get_info_by_fd(map.as_raw_fd(), &mut info, &mut len) };
+    check(ret)?;
+    let name: Vec<u8> = info
+        .name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Ok(MapInfo {
+        map_type: info.type_,
+        id: info.id,
+        key_size: info.key_size,
+        value_size: info.value_size,
+        max_entries: info.max_entries,
+        name: String::from_utf8_lossy(&name).into_owned(),
+    })
+}
+
+/// What the kernel says about a TCX link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcxLinkInfo {
+    /// `BPF_LINK_TYPE_*`.
+    pub link_type: u32,
+    /// The program behind the link.
+    pub prog_id: u32,
+    /// The device; 0 once the device is gone (the link is defunct).
+    pub ifindex: u32,
+    /// `BPF_TCX_INGRESS` or `BPF_TCX_EGRESS`.
+    pub attach_type: u32,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` for a link.
+pub fn link_info(link: BorrowedFd<'_>) -> io::Result<TcxLinkInfo> {
+    // SAFETY: bpf_link_info is plain old data; all zeroes is valid.
+    let mut info: libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_link_info>() as u32;
+    // SAFETY: info is a bpf_link_info of len bytes with null pointer fields.
+    let ret = unsafe { libbpf_sys::bpf_link_get_info_by_fd(link.as_raw_fd(), &mut info, &mut len) };
+    check(ret)?;
+    // SAFETY: the tcx member is two u32s; read for any link type (it is only
+    // meaningful for BPF_LINK_TYPE_TCX, which the caller checks).
+    let tcx = unsafe { info.__bindgen_anon_1.tcx };
+    Ok(TcxLinkInfo {
+        link_type: info.type_,
+        prog_id: info.prog_id,
+        ifindex: tcx.ifindex,
+        attach_type: tcx.attach_type,
+    })
+}
+
+/// `BPF_LINK_UPDATE`: puts `prog` behind `link` atomically (no detach, no gap).
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: both fds are valid; null opts means no flags, no expected program.
+    let ret = unsafe {
+        libbpf_sys::bpf_link_update(link.as_raw_fd(), prog.as_raw_fd(), std::ptr::null())
+    };
+    check(ret).map(|_| ())
+}
+
+/// `BPF_MAP_CREATE` of a plain array map (the pin directory's meta map).
+pub fn array_map_create(name: &str, value_size: u32, max_entries: u32) -> io::Result<OwnedFd> {
+    let n = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "map name has a NUL byte"))?;
+    // SAFETY: n is NUL-terminated and outlives the call; null opts = defaults.
+    let fd = check(unsafe {
+        libbpf_sys::bpf_map_create(
+            libbpf_sys::BPF_MAP_TYPE_ARRAY,
+            n.as_ptr(),
+            4,
+            value_size,
+            max_entries,
+            std::ptr::null(),
+        )
+    })?;
+    // SAFETY: the kernel just returned this new map fd, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// True when `path` is on a bpffs mount.
+pub fn is_bpffs(path: &std::path::Path) -> io::Result<bool> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let p = c_path(path)?;
+    // SAFETY: statfs is plain old data; all zeroes is valid.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: p is NUL-terminated, st is a writable statfs.
+    if unsafe { libc::statfs(p.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's width differs by libc target"
+    )]
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Names and indexes of the interfaces in the calling thread's network
+/// namespace (`if_nameindex`).
+pub fn interfaces() -> io::Result<Vec<(String, u32)>> {
+    // SAFETY: returns a heap array terminated by a zero entry, or null.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        // SAFETY: i stays within the array: it stops at the zero terminator.
+        let e = unsafe { &*list.add(i) };
+        if e.if_index == 0 || e.if_name.is_null() {
+            break;
+        }
+        // SAFETY: if_name is a NUL-terminated string owned by the array.
+        let name = unsafe { std::ffi::CStr::from_ptr(e.if_name) };
+        out.push((name.to_string_lossy().into_owned(), e.if_index));
+        i += 1;
+    }
+    // SAFETY: list came from if_nameindex and is freed once.
+    unsafe { libc::if_freenameindex(list) };
+    Ok(out)
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` call: like [`map_lookup_and_delete_batch`],
+/// without deleting (the two-phase drain reads first, clears after the
+/// journal holds what it read).
+pub fn map_lookup_batch(
+    map: BorrowedFd<'_>,
+    token: &mut Option<[u8; 8]>,
+    keys: &mut [u8],
+    key_size: usize,
+    values: &mut [u8],
+    value_size: usize,
+) -> io::Result<(usize, bool)> {
+    let slots = keys.len() / key_size;
+    assert!(
+        values.len() >= slots * value_size,
+        "value buffer smaller than key buffer"
+    );
+    let mut count = u32::try_from(slots).unwrap_or(u32::MAX);
+    let mut out_batch = [0u8; 8];
+    let mut in_batch = token.unwrap_or([0; 8]);
+    let in_ptr = if token.is_some() {
+        in_batch.as_mut_ptr().cast()
+    } else {
+        std::ptr::null_mut()
+    };
+    let opts = libbpf_sys::bpf_map_batch_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+        ..Default::default()
+    };
+    // SAFETY: as in map_lookup_and_delete_batch: keys/values have room for
+    // `count` entries, the 8-byte tokens hold the kernel's 4-byte ones.
+    let ret = unsafe {
+        libbpf_sys::bpf_map_lookup_batch(
+            map.as_raw_fd(),
+            in_ptr,
+            out_batch.as_mut_ptr().cast(),
+            keys.as_mut_ptr().cast(),
+            values.as_mut_ptr().cast(),
+            &mut count,
+            &opts,
+        )
+    };
+    match check(ret) {
+        Ok(_) => {
+            *token = Some(out_batch);
+            Ok((count as usize, false))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((count as usize, true)),
+        Err(e) => Err(e),
+    }
+}

@@ -32,7 +32,7 @@ use crate::endpoint::{Endpoint, EndpointKind};
 use crate::export::{Exporter, ResolvedFlow};
 use crate::flow::Direction;
 use crate::report::{InstanceId, Report};
-use crate::resolve::Resolver;
+use crate::resolve::{is_link_scoped, Resolver};
 
 /// True when `ip` was a pod on `node` at the start of `report`'s window: a
 /// pod that moved to another node during the window was still observed by
@@ -460,6 +460,9 @@ pub struct IngestOutcome {
     /// pod's node (counted as `wrong_node` in
     /// `netscope_aggregator_dropped_samples_total`).
     pub wrong_node: usize,
+    /// Samples left out as link-local or multicast traffic between a pod
+    /// and its own node.
+    pub link_local: usize,
     /// Set when the report was refused and not counted.
     pub refused: Option<IngestRefusal>,
 }
@@ -487,6 +490,11 @@ pub struct ResolveCounts {
     pub other_view: usize,
     /// Dropped: the reporting node is not the observed pod's node.
     pub wrong_node: usize,
+    /// Left out: link-local or multicast traffic between a pod and its own
+    /// node ([`is_link_scoped`]), which never leaves the node.
+    pub link_local: usize,
+    /// The bytes of those samples.
+    pub link_local_bytes: u64,
 }
 
 /// The aggregator's core: replay check, dedup of the two observations,
@@ -531,7 +539,7 @@ impl Aggregator {
     /// samples dropped for any reason (see [`Aggregator::resolve_counts`]).
     pub fn resolve_report(&self, report: &Report, out: &mut Vec<ResolvedFlow>) -> usize {
         let c = self.resolve_counts(report, out);
-        c.other_view + c.wrong_node
+        c.other_view + c.wrong_node + c.link_local
     }
 
     /// The pure core of [`Aggregator::ingest`], public for benchmarks and
@@ -545,6 +553,13 @@ impl Aggregator {
         let node = report.node.as_str();
         let mut counts = ResolveCounts::default();
         for s in &report.samples {
+            // Link-local and multicast traffic stays between the pod and its
+            // node (docs/resolution.md, "Link-local and multicast").
+            if is_link_scoped(s.key.src) || is_link_scoped(s.key.dst) {
+                counts.link_local += 1;
+                counts.link_local_bytes = counts.link_local_bytes.saturating_add(s.counters.bytes);
+                continue;
+            }
             let src = resolver.resolve(s.key.src, at);
             let sender = sender_counts(&src, resolver);
             // The receiver's view of a monitored pod's traffic (half of all
@@ -683,6 +698,12 @@ impl IngestSink for Aggregator {
             .increment(flows.len() as u64);
         metrics::counter!("netscope_aggregator_samples_total", "result" => "other_view")
             .increment(counts.other_view as u64);
+        if counts.link_local > 0 {
+            metrics::counter!("netscope_aggregator_samples_total", "result" => "link_local")
+                .increment(counts.link_local as u64);
+            metrics::counter!("netscope_aggregator_link_local_bytes_total")
+                .increment(counts.link_local_bytes);
+        }
         if counts.wrong_node > 0 {
             metrics::counter!("netscope_aggregator_dropped_samples_total", "reason" => "wrong_node")
                 .increment(counts.wrong_node as u64);
@@ -716,6 +737,7 @@ impl IngestSink for Aggregator {
             counted: flows.len(),
             other_view: counts.other_view,
             wrong_node: counts.wrong_node,
+            link_local: counts.link_local,
             refused: None,
         }
     }
@@ -727,6 +749,108 @@ mod tests {
 
     fn t(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    /// Every link-local and multicast prefix, in both directions and both
+    /// address families, between a pod on node-a and its node, is left out
+    /// and counted; the pod's ordinary traffic next to it is kept.
+    #[test]
+    fn link_local_and_multicast_traffic_is_left_out() {
+        use crate::flow::{Counters, FlowKey, FlowSample};
+        use crate::resolve::StaticResolver;
+        let resolver = StaticResolver::from_yaml(
+            r#"
+nodes:
+  - {name: node-a, zone: za, ips: [10.0.0.1, "fd00::1"]}
+  - {name: node-b, zone: zb, ips: [10.0.0.2]}
+pods:
+  - {name: p1, namespace: ns, node: node-a, ips: [10.1.0.5, "fd00:1::5"]}
+  - {name: p2, namespace: ns, node: node-b, ips: [10.1.1.5]}
+"#,
+        )
+        .unwrap_or_else(|e| panic!("test topology: {e}"));
+        let agg = Aggregator::new(Arc::new(resolver), vec![], DedupConfig::default());
+        let ip = |a: &str| -> IpAddr { a.parse().unwrap_or_else(|e| panic!("{a}: {e}")) };
+        let (from, to) = (Direction::FromPod, Direction::ToPod);
+        // (src, dst, direction): what the pod's link carries to and from
+        // its node with link-scoped addresses.
+        let scoped = [
+            // IPv6 ND and MLD: a link-local source, multicast destinations.
+            ("fe80::a8c1:abff:fe12:3456", "ff02::16", from),
+            ("fe80::a8c1:abff:fe12:3456", "ff02::1:ff00:1", from),
+            // The pod's global address soliciting its gateway, and the
+            // node's link-local answer to it.
+            ("fd00:1::5", "ff02::1:ff00:1", from),
+            ("fd00:1::5", "fe80::1", from),
+            ("fe80::1", "fd00:1::5", to),
+            ("fe80::1", "ff02::1", to),
+            // IPv4: the metadata endpoint, NodeLocal DNSCache, mDNS, IGMP.
+            ("10.1.0.5", "169.254.169.254", from),
+            ("169.254.169.254", "10.1.0.5", to),
+            ("10.1.0.5", "169.254.20.10", from),
+            ("10.1.0.5", "224.0.0.251", from),
+            ("10.1.0.5", "239.255.255.250", from),
+            ("224.0.0.1", "10.1.0.5", to),
+            // IPv4-mapped, as a report may carry it.
+            ("::ffff:10.1.0.5", "::ffff:169.254.1.1", from),
+        ];
+        let mut samples: Vec<FlowSample> = scoped
+            .iter()
+            .enumerate()
+            .map(|(i, (s, d, dir))| FlowSample {
+                key: FlowKey::new(ip(s), ip(d), *dir),
+                counters: Counters::new(72 + i as u64, 1),
+            })
+            .collect();
+        // Ordinary traffic of the same pod: to another node's pod, and to
+        // its own node's address (not link-scoped: kept, as a node).
+        samples.push(FlowSample {
+            key: FlowKey::new(ip("10.1.0.5"), ip("10.1.1.5"), from),
+            counters: Counters::new(1000, 2),
+        });
+        samples.push(FlowSample {
+            key: FlowKey::new(ip("10.1.0.5"), ip("10.0.0.1"), from),
+            counters: Counters::new(500, 1),
+        });
+        let report = Report {
+            node: "node-a".into(),
+            instance: InstanceId([7; 16]),
+            seq: 1,
+            window_start: t(100),
+            window_end: t(110),
+            samples,
+            overflow: Counters::default(),
+            folded_flows: 0,
+        };
+        let mut out = Vec::new();
+        let counts = agg.resolve_counts(&report, &mut out);
+        assert_eq!(
+            counts.link_local,
+            scoped.len(),
+            "every link-scoped sample left out"
+        );
+        let want_bytes: u64 = (0..scoped.len() as u64).map(|i| 72 + i).sum();
+        assert_eq!(counts.link_local_bytes, want_bytes);
+        assert_eq!((counts.other_view, counts.wrong_node), (0, 0));
+        let kept: Vec<(String, EndpointKind, u64)> = out
+            .iter()
+            .map(|f| (f.dst.name.to_string(), f.dst.kind, f.counters.bytes))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                ("p2".to_string(), EndpointKind::Pod, 1000),
+                ("node-a".to_string(), EndpointKind::Node, 500),
+            ]
+        );
+        assert!(
+            out.iter()
+                .all(|f| f.src.kind != EndpointKind::External
+                    && f.dst.kind != EndpointKind::External),
+            "nothing under external"
+        );
+        let outcome = agg.ingest(report, t(111));
+        assert_eq!((outcome.counted, outcome.link_local), (2, scoped.len()));
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub mod resolve_memory;
 pub mod transport;
 
 pub use attach::{AttachError, AttachMode, Attacher, Attachment, Interface};
-pub use collect::{CollectError, Collector, Drain};
+pub use collect::{CollectError, Collector, Drain, Staged};
 pub use endpoint::{Endpoint, EndpointKind, WorkloadKind};
 pub use export::{Exporter, ResolvedFlow};
 pub use flow::{Counters, Direction, FlowKey, FlowSample, L4};

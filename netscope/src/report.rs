@@ -33,6 +33,7 @@ use crate::flow::{Counters, FlowKey, FlowSample};
 
 #[cfg(feature = "grpc")]
 mod driver;
+pub mod journal;
 #[cfg(feature = "grpc")]
 pub use driver::{
     Ack, ReportSink, Reporter, ReporterConfig, ReporterSummary, SampleTransform, SendError,

@@ -17,12 +17,15 @@ use netscope::cli::{
 };
 use netscope::discover::{error_chain, InterfaceFilter, Reconciler, DEFAULT_PREFIXES};
 use netscope::nat::{NetlinkConntrack, ServiceNat};
+use netscope::report::journal::Journal;
 use netscope::report::{Reporter, ReporterConfig};
 use netscope::transport::client::{ClientConfig, ClientTls, GrpcSink};
 use netscope::transport::server::{serve_http, HttpEndpoints};
 use netscope::{AttachMode, Direction};
 use netscope_bpf::links::LinkWatcher;
-use netscope_bpf::{BpfAttacher, BpfCollector, Capture, CaptureConfig, DEFAULT_MAX_FLOWS};
+use netscope_bpf::{
+    BpfAttacher, BpfCollector, Capture, CaptureConfig, UpgradeCollector, DEFAULT_MAX_FLOWS,
+};
 use tracing::{error, info};
 
 /// Attaches netscope's capture program to this node's pod interfaces and
@@ -30,9 +33,9 @@ use tracing::{error, info};
 #[derive(Debug, Parser)]
 #[command(name = "netscope-agent", version, about)]
 struct Args {
-    /// This node's name (the downward API's spec.nodeName).
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
+    /// This node's name (the downward API's spec.nodeName). Not needed with --cleanup.
+    #[arg(long, env = "NODE_NAME", required_unless_present = "cleanup")]
+    node_name: Option<String>,
     /// The aggregator's gRPC address (host:port, or an http(s):// URI).
     #[arg(long, default_value = "netscope-aggregator:8080")]
     server_endpoint: String,
@@ -92,7 +95,32 @@ struct Args {
     /// Name to verify the aggregator's certificate against (default: the endpoint's host).
     #[arg(long, requires = "tls_ca")]
     tls_server_name: Option<String>,
+    /// bpffs directory where the flow tables, control maps and TCX links are
+    /// pinned (under a layout-versioned subdirectory), so they outlive the
+    /// agent: a restarted or upgraded agent adopts them and counting never
+    /// stops. "" turns pinning off (programs are detached on exit). See docs/restarts.md.
+    #[arg(long, default_value = DEFAULT_PIN_ROOT, value_name = "DIR")]
+    pin_root: PathBuf,
+    /// Same as --pin-root "": nothing is pinned, everything is detached on exit.
+    #[arg(long)]
+    no_pin: bool,
+    /// Directory of the agent's journal (reports drained but not yet
+    /// acknowledged), replayed by the next agent after a crash. Used when
+    /// pinning is on.
+    #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    state_dir: PathBuf,
+    /// Remove everything netscope attached and pinned on this node (TCX links,
+    /// its legacy TC filters, pinned maps under --pin-root) and the journal
+    /// under --state-dir, print what was removed, and exit 0. Idempotent; never
+    /// removes what netscope did not create. For the chart's uninstall hook.
+    #[arg(long)]
+    cleanup: bool,
 }
+
+/// Default of --pin-root.
+const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/netscope";
+/// Default of --state-dir.
+const DEFAULT_STATE_DIR: &str = "/var/lib/netscope";
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
     parse_duration_within(s, Duration::from_millis(100), Duration::from_secs(3600))
@@ -102,14 +130,60 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
 }
 
+/// `--cleanup`: removes what netscope attached and pinned on this node, and
+/// the journal; prints what it removed.
+fn cleanup(args: &Args) -> Result<()> {
+    let mut removed = 0usize;
+    if let Some(root) = pin_root(args) {
+        let done = netscope_bpf::pin::cleanup(&root)
+            .with_context(|| format!("cleaning up --pin-root {}", root.display()))?;
+        for p in done.links.iter() {
+            println!("removed TCX link {}", p.display());
+        }
+        for p in done.maps.iter() {
+            println!("removed pinned map {}", p.display());
+        }
+        for p in done.dirs.iter() {
+            println!("removed directory {}", p.display());
+        }
+        removed += done.links.len() + done.maps.len() + done.dirs.len();
+    }
+    for (iface, direction) in
+        netscope_bpf::remove_tc_filters().context("removing netscope's tc filters")?
+    {
+        println!("removed tc filter on {iface:?} {direction}");
+        removed += 1;
+    }
+    for p in netscope::report::journal::remove(&args.state_dir).with_context(|| {
+        format!(
+            "removing the journal under --state-dir {}",
+            args.state_dir.display()
+        )
+    })? {
+        println!("removed journal {}", p.display());
+        removed += 1;
+    }
+    println!("netscope cleanup: {removed} objects removed");
+    Ok(())
+}
+
+/// The pin root, or `None` when pinning is off.
+fn pin_root(args: &Args) -> Option<PathBuf> {
+    (!args.no_pin && !args.pin_root.as_os_str().is_empty()).then(|| args.pin_root.clone())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     init_logging(args.verbosity, args.log_format, &["netscope_agent"]).context("--log-format")?;
+    if args.cleanup {
+        return cleanup(&args);
+    }
+    let node_name = args.node_name.clone().context("--node-name is required")?;
     // The node name is untrusted text (an env var): Debug-escaped.
-    info!(node = ?args.node_name, version = env!("CARGO_PKG_VERSION"), "netscope-agent starting");
+    info!(node = ?node_name, version = env!("CARGO_PKG_VERSION"), "netscope-agent starting");
     // Every report carries it; a name the API server would refuse is a
     // misconfiguration (or a forgery), not a node.
-    check_node_name(&args.node_name)
+    check_node_name(&node_name)
         .map_err(anyhow::Error::msg)
         .context("--node-name")?;
     if args.kubeconfig.is_some() {
@@ -136,14 +210,52 @@ fn main() -> Result<()> {
         .install()
         .context("installing the metrics recorder")?;
 
-    let capture = Arc::new(
-        Capture::load(&CaptureConfig {
-            max_flows: args.max_flows,
-            service_cidrs: args.service_cidrs.clone(),
-        })
-        .context("loading the capture program")?,
-    );
-    info!(node = ?args.node_name, mode = %args.attach_mode, prefixes = ?filter.prefixes(), max_flows = args.max_flows,
+    let config = CaptureConfig {
+        max_flows: args.max_flows,
+        service_cidrs: args.service_cidrs.clone(),
+    };
+    let pin = pin_root(&args).map(netscope_bpf::pin::PinDir::new);
+    let capture = Arc::new(match &pin {
+        Some(pin) => {
+            let (capture, how) = Capture::load_pinned(&config, pin).with_context(|| {
+                format!(
+                    "loading the capture program with its maps pinned in {}",
+                    pin.dir().display()
+                )
+            })?;
+            info!(dir = ?pin.dir(), layout = pin.layout(), state = ?how, "flow tables pinned");
+            capture
+        }
+        None => {
+            info!("pinning is off: the programs are detached on exit");
+            Capture::load(&config).context("loading the capture program")?
+        }
+    });
+    let persist = pin.is_some();
+    // An upgrade from another pinned layout: its maps are adopted to be
+    // drained once this agent's program runs behind every pinned link.
+    let mut older = Vec::new();
+    if let Some(pin) = &pin {
+        for (layout, dir) in pin.other_layouts() {
+            match netscope_bpf::pin::meta_of(&dir) {
+                Ok(meta) => {
+                    let old_pin = netscope_bpf::pin::PinDir::with_layout(pin.root(), meta.layout);
+                    let (old, _) = Capture::load_pinned(&config, &old_pin).with_context(|| {
+                        format!(
+                            "adopting the maps of layout {layout} in {} to drain them",
+                            dir.display()
+                        )
+                    })?;
+                    info!(dir = ?dir, layout, "an older layout's maps are pinned: drained once every link runs this agent's program, then removed");
+                    older.push((Arc::new(old), dir));
+                }
+                Err(e) => {
+                    error!(dir = ?dir, error = %e, "not adopting this directory: not a complete netscope layout")
+                }
+            }
+        }
+    }
+    info!(node = ?node_name, mode = %args.attach_mode, prefixes = ?filter.prefixes(), max_flows = args.max_flows,
           service_cidrs = ?args.service_cidrs, "capture program loaded");
 
     // Does this node deliver into pods past the host-side egress hook?
@@ -229,16 +341,29 @@ fn main() -> Result<()> {
         client.tls = tls;
         client.max_message_bytes = usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX);
         let sink = GrpcSink::new(&client).with_context(|| format!("--server-endpoint {}", args.server_endpoint))?;
-        let mut rc = ReporterConfig::new(args.node_name.clone());
+        let mut rc = ReporterConfig::new(node_name.clone());
         rc.interval = args.collection_interval;
         rc.max_buffered_flows = usize::try_from(args.max_buffered_flows).unwrap_or(usize::MAX);
         rc.max_report_samples = netscope::transport::convert::samples_per_report(
             usize::try_from(args.max_report_samples).unwrap_or(usize::MAX),
             client.max_message_bytes,
         );
-        let mut reporter = Reporter::new(rc, Box::new(BpfCollector::new(capture.clone())), Box::new(sink));
+        let collector: Box<dyn netscope::Collector> = if older.is_empty() {
+            Box::new(BpfCollector::new(capture.clone()))
+        } else {
+            Box::new(UpgradeCollector::new(capture.clone(), std::mem::take(&mut older), ready.clone()))
+        };
+        let mut reporter = Reporter::new(rc, collector, Box::new(sink));
         if !args.service_cidrs.is_empty() {
             reporter = reporter.with_transform(Box::new(ServiceNat::new(NetlinkConntrack::new())));
+        }
+        if persist {
+            // With the kernel state pinned, what was drained and not yet
+            // acknowledged outlives the process too (docs/restarts.md).
+            reporter = reporter.with_journal(Journal::new(
+                &args.state_dir,
+                usize::try_from(args.max_buffered_flows).unwrap_or(usize::MAX),
+            ));
         }
         info!(server = %args.server_endpoint, interval = ?args.collection_interval, debug_addr = %args.debug_addr, "netscope-agent running");
 
@@ -250,7 +375,7 @@ fn main() -> Result<()> {
         let shutdown = async move {
             tokio::select! {
                 _ = shutdown_signal() => {
-                    info!("shutting down: detaching, then a final drain and report");
+                    info!(pinned = persist, "shutting down: a final drain and report (detaching first unless pinned)");
                 }
                 Some(part) = stopped_rx.recv() => {
                     not_ready.store(false, Ordering::Release);
@@ -260,6 +385,13 @@ fn main() -> Result<()> {
                 }
             }
             stop.store(true, Ordering::Relaxed);
+            if persist {
+                // The programs keep counting into the pinned maps for the
+                // next agent: the final drain takes what was counted up to
+                // now, the next agent's first drain the rest.
+                info!("pinning is on: leaving the programs attached for the next agent");
+                return;
+            }
             let errors = tokio::task::spawn_blocking(move || r.lock().unwrap_or_else(|p| p.into_inner()).detach_all())
                 .await
                 .unwrap_or_default();
@@ -281,13 +413,15 @@ fn main() -> Result<()> {
         Ok(Err(e)) => error!(error = ?format!("{e:#}"), "discovery stopped with an error"),
         Err(_) => error!("discovery thread panicked"),
     }
-    // Anything attached after the shutdown began.
-    for e in reconciler
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .detach_all()
-    {
-        error!(error = ?error_chain(&e), "detach failed");
+    // Anything attached after the shutdown began (with pinning, it stays).
+    if !persist {
+        for e in reconciler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .detach_all()
+        {
+            error!(error = ?error_chain(&e), "detach failed");
+        }
     }
     info!(
         reports_acked = summary.reports_acked,

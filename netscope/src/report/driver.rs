@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::journal::Journal;
 use super::{
     random_u64, InstanceId, Report, ReportBuffer, DEFAULT_MAX_BUFFERED_FLOWS,
     DEFAULT_MAX_REPORT_SAMPLES,
@@ -140,6 +141,72 @@ pub struct ReporterSummary {
     pub unsent: Counters,
 }
 
+/// Test-only: `NETSCOPE_FAILPOINT=<step>[:<n>]` makes the agent SIGKILL
+/// itself the `n`th time (default 1) it reaches `<step>` of the drain cycle,
+/// one of [`FAILPOINT_STEPS`] (docs/restarts.md). Never set it in production.
+pub const FAILPOINT_ENV: &str = "NETSCOPE_FAILPOINT";
+
+/// The steps of the drain cycle, in order, where a failpoint can kill the
+/// agent: after the kernel stage is read, after the journal holds it, after
+/// the kernel copy is cleared, after the aggregator acknowledged a report
+/// (before the agent recorded it), after the agent recorded the
+/// acknowledgement in the journal.
+pub const FAILPOINT_STEPS: [&str; 5] = [
+    "after-stage",
+    "after-journal",
+    "after-commit",
+    "after-send",
+    "after-ack",
+];
+
+#[derive(Debug)]
+struct Failpoint {
+    step: &'static str,
+    nth: u64,
+    hits: u64,
+}
+
+impl Failpoint {
+    fn from_env() -> Option<Failpoint> {
+        let v = std::env::var(FAILPOINT_ENV).ok()?;
+        let (step, nth) = match v.split_once(':') {
+            Some((s, n)) => (s.to_string(), n.parse::<u64>().ok()),
+            None => (v.clone(), Some(1)),
+        };
+        let known = FAILPOINT_STEPS.iter().find(|s| **s == step);
+        match (known, nth) {
+            (Some(step), Some(nth)) if nth >= 1 => {
+                warn!(
+                    step,
+                    nth, "test-only failpoint armed: the agent kills itself there"
+                );
+                Some(Failpoint { step, nth, hits: 0 })
+            }
+            _ => {
+                error!(value = ?v, steps = ?FAILPOINT_STEPS, "ignoring an invalid {FAILPOINT_ENV}");
+                None
+            }
+        }
+    }
+
+    fn hit(&mut self, step: &str) {
+        if step != self.step {
+            return;
+        }
+        self.hits += 1;
+        if self.hits == self.nth {
+            error!(step, hit = self.hits, "failpoint: SIGKILL");
+            // SIGKILL through kill(1) (this crate keeps off libc); where
+            // there is no kill(1), abort: as abrupt, nothing is flushed.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &std::process::id().to_string()])
+                .status();
+            std::thread::sleep(Duration::from_secs(1));
+            std::process::abort();
+        }
+    }
+}
+
 /// Drains a [`Collector`] every interval and delivers the counters through a
 /// [`ReportSink`], exactly once, with retries, backoff and jitter.
 pub struct Reporter {
@@ -151,6 +218,11 @@ pub struct Reporter {
     last_drain: SystemTime,
     failures_in_a_row: u32,
     summary: ReporterSummary,
+    journal: Option<Journal>,
+    /// Per scope, the last epoch of the kernel stages held in `buffer` (see
+    /// [`crate::collect::Staged`]), most recent last.
+    epochs: Vec<(u64, u64)>,
+    failpoint: Option<Failpoint>,
 }
 
 impl Reporter {
@@ -192,6 +264,69 @@ impl Reporter {
             last_drain: SystemTime::now(),
             failures_in_a_row: 0,
             summary: ReporterSummary::default(),
+            journal: None,
+            epochs: Vec::new(),
+            failpoint: Failpoint::from_env(),
+        }
+    }
+
+    /// Keeps what is drained and not yet acknowledged in `journal`, and
+    /// resumes from it: a journal left by the agent before this one (killed,
+    /// say) is loaded, and its reports are resent with their original
+    /// instance id and sequence numbers, so the aggregator's replay check
+    /// drops what it had counted. A corrupt journal is moved aside, logged
+    /// and counted (`netscope_agent_journal_corrupt_total`); the reporter
+    /// then starts fresh.
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        for name in [
+            "netscope_agent_journal_corrupt_total",
+            "netscope_agent_journal_write_errors_total",
+            "netscope_agent_journal_resumed_total",
+            "netscope_agent_journal_replayed_bytes_total",
+        ] {
+            metrics::counter!(name).increment(0);
+        }
+        match journal.load(&self.config.node_name) {
+            Ok(Some(state)) => {
+                let totals = state.buffer.buffered_totals();
+                self.buffer = state
+                    .buffer
+                    .with_max_report_samples(self.config.max_report_samples);
+                // Epochs of kernel state that did not outlive its process
+                // (scope 0) mean nothing to this one.
+                self.epochs = state.epochs.into_iter().filter(|(s, _)| *s != 0).collect();
+                metrics::counter!("netscope_agent_journal_resumed_total").increment(1);
+                metrics::counter!("netscope_agent_journal_replayed_bytes_total")
+                    .increment(totals.bytes);
+                info!(
+                    journal = ?journal.path(),
+                    instance = %self.buffer.instance(),
+                    in_flight = self.buffer.in_flight().map(|r| r.seq),
+                    flows = self.buffer.buffered_flows(),
+                    bytes = totals.bytes,
+                    epochs = ?self.epochs,
+                    "resumed from the journal: its reports are resent with their original instance id and sequence numbers"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => error!(error = %e, "the journal cannot be used; starting fresh"),
+        }
+        self.journal = Some(journal);
+        self
+    }
+
+    fn fail(&mut self, step: &str) {
+        if let Some(f) = self.failpoint.as_mut() {
+            f.hit(step);
+        }
+    }
+
+    fn write_journal(&mut self) {
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.write(&self.buffer, &self.epochs) {
+                metrics::counter!("netscope_agent_journal_write_errors_total").increment(1);
+                error!(error = %e, "writing the journal failed: a crash now would lose what is buffered");
+            }
         }
     }
 
@@ -215,7 +350,10 @@ impl Reporter {
     /// previous drain to `now`. A collector error is logged and counted; the
     /// counters stay in the kernel for the next drain.
     pub fn drain_once(&mut self, now: SystemTime) {
-        let mut drain = match self.collector.drain() {
+        // Two phases: read (stage), journal, then clear in the kernel
+        // (commit). A crash between any two steps leaves either the kernel
+        // copy or the journal, and the epoch says which (docs/restarts.md).
+        let staged = match self.collector.stage() {
             Ok(d) => d,
             Err(e) => {
                 metrics::counter!("netscope_agent_drain_errors_total").increment(1);
@@ -223,6 +361,36 @@ impl Reporter {
                 return;
             }
         };
+        self.fail("after-stage");
+        let journaled = staged.epoch != 0
+            && self
+                .epochs
+                .iter()
+                .any(|&(s, e)| s == staged.scope && staged.epoch <= e);
+        if journaled {
+            info!(
+                epoch = staged.epoch,
+                "this stage is in the journal already (the agent before stopped before clearing it): clearing it without counting it again"
+            );
+        } else {
+            self.add_drain(staged.drain, now);
+            if staged.epoch != 0 {
+                self.epochs.retain(|(s, _)| *s != staged.scope);
+                self.epochs.push((staged.scope, staged.epoch));
+                let extra = self.epochs.len().saturating_sub(super::journal::MAX_SCOPES);
+                self.epochs.drain(..extra);
+            }
+            self.write_journal();
+        }
+        self.fail("after-journal");
+        if let Err(e) = self.collector.commit(staged.epoch) {
+            metrics::counter!("netscope_agent_drain_errors_total").increment(1);
+            warn!(error = %e, "clearing the drained counters failed; they are in the journal and are cleared next interval");
+        }
+        self.fail("after-commit");
+    }
+
+    fn add_drain(&mut self, mut drain: crate::collect::Drain, now: SystemTime) {
         metrics::counter!("netscope_agent_flows_drained_total")
             .increment(drain.samples.len() as u64);
         if !drain.overflow.is_zero() {
@@ -261,18 +429,29 @@ impl Reporter {
     /// unless the error [is permanent](SendError::is_permanent), in which case
     /// it is dropped, logged and counted.
     pub async fn send_once(&mut self) -> Result<bool, SendError> {
-        let Some(report) = self.buffer.next_report() else {
+        if self.buffer.in_flight().is_none() {
+            if self.buffer.next_report().is_none() {
+                return Ok(false);
+            }
+            // A new report is frozen: journal it before it leaves, so that
+            // a resent copy has the same content under the same sequence.
+            self.write_journal();
+        }
+        let Some(report) = self.buffer.in_flight() else {
             return Ok(false);
         };
-        let started = std::time::Instant::now();
-        let res = self.sink.send(report).await;
         let seq = report.seq;
         let samples = report.samples.len();
+        let started = std::time::Instant::now();
+        let res = self.sink.send(report).await;
         metrics::histogram!("netscope_agent_report_latency_seconds")
             .record(started.elapsed().as_secs_f64());
         match res {
             Ok(ack) if ack.seq == seq => {
+                self.fail("after-send");
                 self.buffer.acknowledge(seq);
+                self.write_journal();
+                self.fail("after-ack");
                 self.failures_in_a_row = 0;
                 self.summary.reports_acked += 1;
                 metrics::counter!("netscope_agent_reports_sent_total").increment(1);
@@ -293,6 +472,7 @@ impl Reporter {
                 self.note_failure();
                 if e.is_permanent() {
                     if let Some(lost) = self.buffer.discard_in_flight() {
+                        self.write_journal();
                         let t = lost.total();
                         self.summary.rejected += t;
                         metrics::counter!("netscope_agent_reports_rejected_total").increment(1);

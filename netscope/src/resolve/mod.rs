@@ -30,6 +30,7 @@ mod ipmap;
 #[cfg(feature = "kube")]
 pub mod kube;
 pub mod layered;
+pub mod link_local;
 pub mod lpm;
 pub mod services;
 pub mod static_topo;
@@ -38,6 +39,7 @@ mod watched;
 pub use cluster::{ClusterSnapshot, ClusterSnapshotBuilder};
 pub use custom::{CustomEndpoints, CustomEndpointsOptions, ReloadOutcome};
 pub use layered::LayeredResolver;
+pub use link_local::is_link_scoped;
 pub use lpm::{IpPrefix, PrefixParseError, PrefixTable};
 pub use services::{ServiceInfo, ServiceRef, ServiceTopology, ServiceTopologyBuilder};
 pub use static_topo::{StaticResolver, StaticTopologyOptions};
