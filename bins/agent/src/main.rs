@@ -36,7 +36,8 @@ struct Args {
     node_name: String,
     /// The aggregator's gRPC address (host:port, or an http(s):// URI), or a
     /// comma-separated list; every address a name resolves to is a replica
-    /// (a headless Service), the agent reports to one by rendezvous hashing.
+    /// (a headless Service), the agent reports to one by rendezvous hashing;
+    /// file:PATH reads the list from a file at every resolution.
     #[arg(long, default_value = "netscope-aggregator:8080")]
     server_endpoint: String,
     /// How often the --server-endpoint names are resolved again (100ms to 1h).

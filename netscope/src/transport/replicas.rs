@@ -6,7 +6,9 @@
 //! `host:port` (or `http(s)://host:port`) entries, each host an IP address
 //! or a DNS name whose every A/AAAA address is a replica (a headless
 //! Service). Names are resolved again every
-//! [`ReplicaConfig::resolve_interval`].
+//! [`ReplicaConfig::resolve_interval`]. `file:PATH` reads the list from a
+//! file (entries separated by commas or newlines, `#` comments) at every
+//! resolution instead: replicas outside Kubernetes, and the demo's.
 //!
 //! # The switching rule
 //!
@@ -57,7 +59,8 @@ pub const MAX_REPLICAS: usize = 1024;
 /// Settings of a [`ReplicaSink`].
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
-    /// Comma-separated `host:port` or `http(s)://host:port` entries.
+    /// Comma-separated `host:port` or `http(s)://host:port` entries, or
+    /// `file:PATH` naming a file of them.
     pub endpoints: String,
     /// This node's name: the rendezvous hashing key.
     pub node_name: String,
@@ -105,6 +108,14 @@ pub enum ReplicaError {
         /// Entries given.
         count: usize,
     },
+    /// A `file:` endpoint list could not be read or parsed.
+    #[error("aggregator endpoints file {path:?}: {reason}")]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A replica's client could not be built.
     #[error("client for aggregator replica {addr}")]
     Client {
@@ -114,6 +125,60 @@ pub enum ReplicaError {
         #[source]
         source: ClientError,
     },
+}
+
+/// Largest endpoints file read.
+const MAX_FILE_BYTES: u64 = 64 << 10;
+
+/// Where the endpoint list comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Given once.
+    List(Arc<Vec<Target>>),
+    /// `file:PATH`: read again at every resolution.
+    File(std::path::PathBuf),
+}
+
+impl Source {
+    fn parse(endpoints: &str) -> Result<Self, ReplicaError> {
+        match endpoints.trim().strip_prefix("file:") {
+            Some(path) => {
+                let path = std::path::PathBuf::from(path);
+                read_file(&path)?;
+                Ok(Source::File(path))
+            }
+            None => Ok(Source::List(Arc::new(Target::parse_list(endpoints)?))),
+        }
+    }
+
+    fn targets(&self) -> Result<Arc<Vec<Target>>, ReplicaError> {
+        match self {
+            Source::List(t) => Ok(t.clone()),
+            Source::File(p) => read_file(p).map(Arc::new),
+        }
+    }
+}
+
+/// An endpoints file: entries separated by commas or newlines, `#` starts a
+/// comment.
+fn read_file(path: &std::path::Path) -> Result<Vec<Target>, ReplicaError> {
+    use std::io::Read;
+    let bad = |reason| ReplicaError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| bad(e.to_string()))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(bad(format!("larger than {MAX_FILE_BYTES} bytes")));
+    }
+    let list: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_once('#').map_or(l, |(a, _)| a))
+        .collect();
+    Target::parse_list(&list.join(",")).map_err(|e| bad(e.to_string()))
 }
 
 /// One entry of the endpoint list.
@@ -243,7 +308,7 @@ struct State {
 #[derive(Debug)]
 pub struct ReplicaSink {
     config: ReplicaConfig,
-    targets: std::sync::Mutex<Arc<Vec<Target>>>,
+    source: std::sync::Mutex<Source>,
     state: Mutex<State>,
 }
 
@@ -254,10 +319,10 @@ impl ReplicaSink {
     /// # Errors
     /// [`ReplicaError`] for a malformed endpoint list.
     pub fn new(config: ReplicaConfig) -> Result<Self, ReplicaError> {
-        let targets = Target::parse_list(&config.endpoints)?;
+        let source = Source::parse(&config.endpoints)?;
         Ok(ReplicaSink {
             config,
-            targets: std::sync::Mutex::new(Arc::new(targets)),
+            source: std::sync::Mutex::new(source),
             state: Mutex::new(State::default()),
         })
     }
@@ -269,8 +334,8 @@ impl ReplicaSink {
     /// # Errors
     /// [`ReplicaError`] for a malformed list; the old list stays.
     pub async fn set_endpoints(&self, endpoints: &str) -> Result<(), ReplicaError> {
-        let targets = Arc::new(Target::parse_list(endpoints)?);
-        *self.targets.lock().unwrap_or_else(PoisonError::into_inner) = targets;
+        let source = Source::parse(endpoints)?;
+        *self.source.lock().unwrap_or_else(PoisonError::into_inner) = source;
         self.state.lock().await.resolved_at = None;
         Ok(())
     }
@@ -282,11 +347,19 @@ impl ReplicaSink {
 
     /// Resolves every entry; `Err` with a description when nothing resolved.
     async fn resolve(&self) -> Result<BTreeMap<SocketAddr, Target>, String> {
-        let targets = self
-            .targets
+        let source = self
+            .source
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let targets = match source.targets() {
+            Ok(t) => t,
+            Err(e) => {
+                metrics::counter!(RESOLVE_ERRORS_METRIC).increment(1);
+                warn!(error = %e, "reading the aggregator endpoints failed");
+                return Err(e.to_string());
+            }
+        };
         let mut out = BTreeMap::new();
         let mut errors = Vec::new();
         for t in targets.iter() {
@@ -596,6 +669,38 @@ mod tests {
             Target::parse_list(&many),
             Err(ReplicaError::TooMany { count }) if count == MAX_ENDPOINTS + 1
         ));
+    }
+
+    #[test]
+    fn endpoints_file() {
+        let dir = std::env::temp_dir().join(format!("netscope-replicas-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let f = dir.join("endpoints");
+        std::fs::write(
+            &f,
+            "# replicas\n10.0.0.1:8080\n\n10.0.0.2:8080, h:1 # third\n",
+        )
+        .expect("write");
+        let src = Source::parse(&format!("file:{}", f.display())).expect("valid file");
+        let t = src.targets().expect("targets");
+        assert_eq!(
+            t.iter().map(|t| t.host.as_str()).collect::<Vec<_>>(),
+            ["10.0.0.1", "10.0.0.2", "h"]
+        );
+        // Read again every time: a change shows at the next resolution.
+        std::fs::write(&f, "10.0.0.3:1").expect("write");
+        assert_eq!(src.targets().expect("targets")[0].host, "10.0.0.3");
+        std::fs::write(&f, "garbage").expect("write");
+        let err = src.targets().expect_err("no port");
+        assert!(err.to_string().contains("endpoints file"), "{err}");
+        std::fs::write(&f, vec![b'#'; 70_000]).expect("write");
+        assert!(src
+            .targets()
+            .expect_err("too large")
+            .to_string()
+            .contains("larger than"));
+        assert!(Source::parse(&format!("file:{}", dir.join("missing").display())).is_err());
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]
