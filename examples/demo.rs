@@ -1660,6 +1660,30 @@ mod replicas {
             println!(
                 "  lost with the killed replica (counted after its last scrape): 0 B by construction (its traffic was held before the scrape); the sum over replicas is checked against nftables below"
             );
+            // The agents' own account of their moves (their /metrics).
+            let mut moves: BTreeMap<String, f64> = BTreeMap::new();
+            for n in &cluster.nodes {
+                let text =
+                    n.ns.exec(&[
+                        "curl",
+                        "-s",
+                        "--max-time",
+                        "5",
+                        "http://127.0.0.1:6060/metrics",
+                    ])
+                    .with_context(|| format!("scraping the agent on {}", n.name))?;
+                for (name, labels, v) in parse_metrics(&text) {
+                    if name == "netscope_agent_replica_switches_total" {
+                        let reason = labels.get("reason").cloned().unwrap_or_default();
+                        *moves.entry(reason).or_default() += v;
+                    }
+                }
+            }
+            println!(
+                "  agents' netscope_agent_replica_switches_total: gone {}, set_changed {}",
+                moves.get("gone").copied().unwrap_or(0.0),
+                moves.get("set_changed").copied().unwrap_or(0.0)
+            );
             Ok(samples)
         }
     }

@@ -284,6 +284,16 @@ fn e2e_three_aggregator_replicas_tcx() {
             "a replica counted nothing: {l}"
         );
     }
+    // The agents moved for both reasons: off the killed replica (gone) and
+    // to the added one (set_changed).
+    let moves = stdout
+        .lines()
+        .find(|l| l.contains("netscope_agent_replica_switches_total: "))
+        .unwrap_or_else(|| panic!("no agent switch counts:\n{stdout}"));
+    assert!(
+        !moves.contains("gone 0,") && !moves.ends_with("set_changed 0"),
+        "agents did not move off the killed replica and onto the added one: {moves}"
+    );
     let ns = Command::new("ip")
         .args(["netns", "list"])
         .output()

@@ -320,6 +320,18 @@ impl ReplicaSink {
     /// [`ReplicaError`] for a malformed endpoint list.
     pub fn new(config: ReplicaConfig) -> Result<Self, ReplicaError> {
         let source = Source::parse(&config.endpoints)?;
+        metrics::describe_gauge!(
+            REPLICAS_METRIC,
+            "Aggregator replicas in the agent's last resolved set."
+        );
+        metrics::describe_counter!(
+            SWITCHES_METRIC,
+            "Moves of this agent from one aggregator replica to another, by reason (set_changed, gone)."
+        );
+        metrics::describe_counter!(
+            RESOLVE_ERRORS_METRIC,
+            "Resolutions of the aggregator endpoints that failed for at least one name; the last set stays in force."
+        );
         Ok(ReplicaSink {
             config,
             source: std::sync::Mutex::new(source),
