@@ -94,6 +94,15 @@ struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=6))]
     redirect_node: u8,
 
+    /// Aggregator replicas (for the end-to-end test of issue 18): the agents
+    /// share them through an endpoints file (as through a headless
+    /// Service). With more than one, at a third of the run the replica
+    /// serving the most agents is held, scraped and killed (-9), and at
+    /// half of the run one is added.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5),
+        conflicts_with_all = ["restarts", "prometheus", "aggregator_image"])]
+    aggregators: u8,
+
     /// Namespace prefix (must start with ns- or netscope-test-).
     #[arg(long, default_value = "ns-sim")]
     prefix: String,
@@ -552,8 +561,14 @@ fn run(
             .map(|n| PathBuf::from(format!("/sys/fs/bpf/{}", n.ns.name())))
             .collect(),
     );
+    let replicas_file = dir.join("aggregator-replicas.txt");
+    let server_endpoint = if args.aggregators > 1 {
+        format!("file:{}", replicas_file.display())
+    } else {
+        listen.to_string()
+    };
     let agent_args = |n: &sim::SimNode| -> Vec<String> {
-        vec![
+        let mut a = vec![
             "--pin-root".into(),
             format!("/sys/fs/bpf/{}", n.ns.name()),
             "--state-dir".into(),
@@ -561,7 +576,7 @@ fn run(
             "--node-name".into(),
             n.name.clone(),
             "--server-endpoint".into(),
-            listen.to_string(),
+            server_endpoint.clone(),
             "--collection-interval".into(),
             humantime::format_duration(args.collection_interval).to_string(),
             "--service-cidrs".into(),
@@ -570,9 +585,26 @@ fn run(
             args.attach_mode.to_string(),
             "--debug-addr".into(),
             "127.0.0.1:6060".into(),
-        ]
+        ];
+        if args.aggregators > 1 {
+            a.extend(replicas::AGENT_ARGS.iter().map(|x| x.to_string()));
+        }
+        a
     };
     let mut aggregator = spawn_in(&cluster.agg, "aggregator", agg_bin, &agg_args, dir)?;
+    let mut replicas = if args.aggregators > 1 {
+        Some(replicas::Replicas::start(
+            &cluster,
+            agg_bin,
+            &agg_args,
+            dir,
+            usize::from(args.aggregators),
+            &replicas_file,
+            args.metrics_addr,
+        )?)
+    } else {
+        None
+    };
     let stop_proxy = Arc::new(AtomicBool::new(false));
     proxy(
         args.metrics_addr,
@@ -830,6 +862,9 @@ fn run(
                 t0.elapsed().as_secs()
             );
         }
+        if let Some(r) = replicas.as_mut() {
+            r.step(&cluster, t0, args.duration, agg_bin, dir)?;
+        }
         if Instant::now() >= next_progress {
             next_progress = Instant::now() + Duration::from_secs(5);
             if let Ok(s) = scrape(args.metrics_addr) {
@@ -852,7 +887,10 @@ fn run(
     let last = scrape(args.metrics_addr).context("scraping the aggregator")?;
     // Counters restart with the aggregator: the totals are the last scrape
     // before the restart plus everything after it.
-    let samples = merge(last.clone(), before_agg_restart);
+    let mut samples = merge(last.clone(), before_agg_restart);
+    if let Some(r) = replicas.as_mut() {
+        samples = r.finish(&cluster, samples)?;
+    }
     report(&samples, elapsed, &exchanges);
     report_services(&samples, elapsed);
 
@@ -927,6 +965,7 @@ fn run(
     stop_proxy.store(true, Ordering::Relaxed);
     // Agents first (they detach and flush), then the aggregator.
     drop(agents);
+    drop(replicas);
     drop(aggregator);
     drop(cluster);
     Ok(())
@@ -1642,4 +1681,327 @@ fn prometheus_queries(addr: SocketAddr, samples: &[Sample], check: bool) -> Resu
         );
     }
     Ok(ok || !check)
+}
+
+/// `--aggregators N`: more aggregator replicas beside the first (which
+/// stays on port 8080 for everything else the demo does), shared by the
+/// agents through an endpoints file; one is killed, one is added.
+mod replicas {
+    use super::*;
+    use netscope::transport::replicas::rendezvous_pick;
+
+    /// The agents' flags with several replicas: re-read the file every
+    /// second, move off a dead replica after 2 s.
+    pub const AGENT_ARGS: [&str; 4] = [
+        "--server-resolve-interval",
+        "1s",
+        "--replica-gone-after",
+        "2s",
+    ];
+
+    struct Replica {
+        listen: SocketAddr,
+        metrics: SocketAddr,
+        proc: Option<Proc>,
+        /// Its /metrics as last scraped (final once it is dead).
+        last: Vec<Sample>,
+    }
+
+    pub struct Replicas {
+        /// Index 0 is the demo's own aggregator (not owned here).
+        replicas: Vec<Replica>,
+        agg_args: Vec<String>,
+        file: PathBuf,
+        metrics_base: SocketAddr,
+        stop_proxy: Arc<AtomicBool>,
+        killed: Option<usize>,
+        added: Option<usize>,
+    }
+
+    fn at(port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(AGGREGATOR_IP), port)
+    }
+
+    /// Ports for replicas 1..n (replica 0 is on 8080) such that every
+    /// replica serves at least one of the six agents: six names are too few
+    /// for rendezvous hashing to spread them evenly by chance, and a
+    /// replica without agents would prove nothing.
+    fn pick_ports(cluster: &Cluster, n: usize) -> Result<Vec<u16>> {
+        fn search(cluster: &Cluster, n: usize, from: u16, ports: &mut Vec<u16>) -> bool {
+            if ports.len() == n {
+                let addrs: Vec<SocketAddr> = ports.iter().map(|p| at(*p)).collect();
+                return Replicas::agents_of(cluster, &addrs).len() == n;
+            }
+            for p in from..8140 {
+                ports.push(p);
+                if search(cluster, n, p + 1, ports) {
+                    return true;
+                }
+                ports.pop();
+            }
+            false
+        }
+        let mut ports = vec![8080];
+        if search(cluster, n, 8081, &mut ports) {
+            Ok(ports)
+        } else {
+            bail!("no ports in 8081..8140 give each of {n} replicas an agent")
+        }
+    }
+
+    impl Replicas {
+        pub fn start(
+            cluster: &Cluster,
+            bin: &Launch,
+            agg_args: &[String],
+            dir: &Path,
+            n: usize,
+            file: &Path,
+            metrics_base: SocketAddr,
+        ) -> Result<Replicas> {
+            let mut r = Replicas {
+                replicas: Vec::new(),
+                agg_args: agg_args.to_vec(),
+                file: file.to_path_buf(),
+                metrics_base,
+                stop_proxy: Arc::new(AtomicBool::new(false)),
+                killed: None,
+                added: None,
+            };
+            r.replicas.push(Replica {
+                listen: at(8080),
+                metrics: metrics_base,
+                proc: None,
+                last: Vec::new(),
+            });
+            for port in pick_ports(cluster, n)?.into_iter().skip(1) {
+                r.spawn(cluster, bin, dir, port)?;
+            }
+            r.write_file()?;
+            println!(
+                "demo: {n} aggregator replicas at {}; agents read them from {}",
+                r.live()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                file.display()
+            );
+            Ok(r)
+        }
+
+        fn spawn(&mut self, cluster: &Cluster, bin: &Launch, dir: &Path, port: u16) -> Result<()> {
+            let i = self.replicas.len();
+            let listen = at(port);
+            let mut a = self.agg_args.clone();
+            let at = a
+                .iter()
+                .position(|x| x == "--listen-addr")
+                .context("no --listen-addr")?;
+            a[at + 1] = listen.to_string();
+            let p = spawn_in(
+                &cluster.agg,
+                &format!("aggregator-replica-{i}"),
+                bin,
+                &a,
+                dir,
+            )?;
+            let port = self
+                .metrics_base
+                .port()
+                .checked_add(200 + i as u16)
+                .context("--metrics-addr's port + 205 is over 65535")?;
+            let metrics = SocketAddr::new(self.metrics_base.ip(), port);
+            proxy(metrics, cluster.agg.path(), listen, self.stop_proxy.clone())?;
+            self.replicas.push(Replica {
+                listen,
+                metrics,
+                proc: Some(p),
+                last: Vec::new(),
+            });
+            Ok(())
+        }
+
+        fn live(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+            self.replicas
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != self.killed)
+                .map(|(_, r)| r.listen)
+        }
+
+        /// The endpoints file, replaced atomically (the agents re-read it).
+        fn write_file(&self) -> Result<()> {
+            let text: String = self.live().map(|a| format!("{a}\n")).collect();
+            let tmp = self.file.with_extension("tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, &self.file)?;
+            Ok(())
+        }
+
+        /// Agents per replica (by rendezvous hashing over `addrs`).
+        fn agents_of(cluster: &Cluster, addrs: &[SocketAddr]) -> BTreeMap<SocketAddr, Vec<String>> {
+            let mut m: BTreeMap<SocketAddr, Vec<String>> = BTreeMap::new();
+            for n in &cluster.nodes {
+                if let Some(a) = rendezvous_pick(&n.name, addrs.iter().copied()) {
+                    m.entry(a).or_default().push(n.name.clone());
+                }
+            }
+            m
+        }
+
+        pub fn step(
+            &mut self,
+            cluster: &Cluster,
+            t0: Instant,
+            duration: Duration,
+            bin: &Launch,
+            dir: &Path,
+        ) -> Result<()> {
+            if self.killed.is_none() && t0.elapsed() >= duration / 3 {
+                // The replica (not the demo's own) that serves the most agents.
+                let addrs: Vec<SocketAddr> = self.live().collect();
+                let by = Self::agents_of(cluster, &addrs);
+                let i = (1..self.replicas.len())
+                    .max_by_key(|i| by.get(&self.replicas[*i].listen).map_or(0, Vec::len))
+                    .context("no replica to kill")?;
+                let port = self.replicas[i].listen.port().to_string();
+                // Hold its reports (in-flight ones finish: their acks still
+                // go out), take its last scrape, then kill -9: the scrape is
+                // everything it counted, so nothing it counted is lost.
+                let rule = format!("add rule inet netscope_demo_replica input iifname uplink tcp dport {port} drop");
+                cluster
+                    .agg
+                    .exec(&["nft", "add table inet netscope_demo_replica"])?;
+                cluster.agg.exec(&["nft", "add chain inet netscope_demo_replica input { type filter hook input priority 0; policy accept; }"])?;
+                cluster.agg.exec(&["nft", &rule])?;
+                std::thread::sleep(Duration::from_millis(500));
+                let r = &mut self.replicas[i];
+                r.last = scrape(r.metrics).context("scraping the replica before killing it")?;
+                if let Some(mut p) = r.proc.take() {
+                    let _ = p.child.kill();
+                    let _ = p.child.wait();
+                }
+                cluster
+                    .agg
+                    .exec(&["nft", "delete table inet netscope_demo_replica"])?;
+                self.killed = Some(i);
+                println!(
+                    "  {:>4}s  aggregator replica {} ({}, agents {:?}) killed (-9) right after its last scrape ({} counted); it stays listed until a replica is added",
+                    t0.elapsed().as_secs(),
+                    i,
+                    self.replicas[i].listen,
+                    by.get(&self.replicas[i].listen).cloned().unwrap_or_default(),
+                    human(sum(&self.replicas[i].last, "pod_network_traffic_bytes_total"))
+                );
+            }
+            if self.killed.is_some() && self.added.is_none() && t0.elapsed() >= duration / 2 {
+                // A port that takes over at least one agent.
+                let live: Vec<SocketAddr> = self.live().collect();
+                let port = (8140..8200)
+                    .find(|p| {
+                        let mut with = live.clone();
+                        with.push(at(*p));
+                        Self::agents_of(cluster, &with).contains_key(&at(*p))
+                    })
+                    .context("no port in 8140..8200 takes an agent")?;
+                self.spawn(cluster, bin, dir, port)?;
+                let i = self.replicas.len() - 1;
+                self.added = Some(i);
+                // Wait until it serves before listing it (as readiness gates
+                // a pod's DNS record).
+                let end = Instant::now() + Duration::from_secs(20);
+                while scrape(self.replicas[i].metrics).is_err() {
+                    if Instant::now() > end {
+                        bail!("the added aggregator replica never served /metrics");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                self.write_file()?;
+                let addrs: Vec<SocketAddr> = self.live().collect();
+                println!(
+                    "  {:>4}s  aggregator replica {i} ({}) added, the killed one unlisted; agents per replica now {:?}",
+                    t0.elapsed().as_secs(),
+                    self.replicas[i].listen,
+                    Self::agents_of(cluster, &addrs)
+                );
+            }
+            Ok(())
+        }
+
+        /// Adds the other replicas' final scrapes (and the killed one's last)
+        /// to the demo's own aggregator's `samples`.
+        pub fn finish(
+            &mut self,
+            cluster: &Cluster,
+            mut samples: Vec<Sample>,
+        ) -> Result<Vec<Sample>> {
+            let addrs: Vec<SocketAddr> = self.live().collect();
+            let by = Self::agents_of(cluster, &addrs);
+            println!("\n== aggregator replicas ==");
+            println!(
+                "  replica 0 {}: counted {} (agents {:?})",
+                self.replicas[0].listen,
+                human(sum(&samples, "pod_network_traffic_bytes_total")),
+                by.get(&self.replicas[0].listen)
+                    .cloned()
+                    .unwrap_or_default()
+            );
+            for i in 1..self.replicas.len() {
+                if Some(i) != self.killed {
+                    let m = self.replicas[i].metrics;
+                    self.replicas[i].last =
+                        scrape(m).with_context(|| format!("scraping replica {i}"))?;
+                }
+                let r = &self.replicas[i];
+                let what = if Some(i) == self.killed {
+                    "killed; its last scrape"
+                } else if Some(i) == self.added {
+                    "added"
+                } else {
+                    "live"
+                };
+                println!(
+                    "  replica {i} {} ({what}): counted {} (agents {:?})",
+                    r.listen,
+                    human(sum(&r.last, "pod_network_traffic_bytes_total")),
+                    by.get(&r.listen).cloned().unwrap_or_default()
+                );
+                samples = merge(samples, r.last.clone());
+            }
+            println!(
+                "  lost with the killed replica (counted after its last scrape): 0 B by construction (its traffic was held before the scrape); the sum over replicas is checked against nftables below"
+            );
+            // The agents' own account of their moves (their /metrics).
+            let mut moves: BTreeMap<String, f64> = BTreeMap::new();
+            for n in &cluster.nodes {
+                let text =
+                    n.ns.exec(&[
+                        "curl",
+                        "-s",
+                        "--max-time",
+                        "5",
+                        "http://127.0.0.1:6060/metrics",
+                    ])
+                    .with_context(|| format!("scraping the agent on {}", n.name))?;
+                for (name, labels, v) in parse_metrics(&text) {
+                    if name == "netscope_agent_replica_switches_total" {
+                        let reason = labels.get("reason").cloned().unwrap_or_default();
+                        *moves.entry(reason).or_default() += v;
+                    }
+                }
+            }
+            println!(
+                "  agents' netscope_agent_replica_switches_total: gone {}, set_changed {}",
+                moves.get("gone").copied().unwrap_or(0.0),
+                moves.get("set_changed").copied().unwrap_or(0.0)
+            );
+            Ok(samples)
+        }
+    }
+
+    impl Drop for Replicas {
+        fn drop(&mut self) {
+            self.stop_proxy.store(true, Ordering::Relaxed);
+        }
+    }
 }

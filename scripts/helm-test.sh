@@ -170,7 +170,9 @@ refuse "a plain HTTP port that is not a number" --set aggregator.httpPort=metric
 refuse "nine Service CIDRs (the agent takes at most 8)" --set 'serviceCIDRs={10.0.0.0/24,10.0.1.0/24,10.0.2.0/24,10.0.3.0/24,10.0.4.0/24,10.0.5.0/24,10.0.6.0/24,10.0.7.0/24,10.0.8.0/24}'
 refuse "a misspelt values key" --set aggregator.flowlogs=true
 refuse "a collection interval that is not a duration" --set agent.collectionInterval=often
-refuse "two aggregator replicas (a retry to the other one counts twice)" --set aggregator.replicas=2
+refuse "101 aggregator replicas" --set aggregator.replicas=101
+refuse "an HPA whose minimum is above its maximum" --set aggregator.autoscaling.enabled=true --set aggregator.autoscaling.minReplicas=5 --set aggregator.autoscaling.maxReplicas=3
+refuse "an HPA without a CPU request" --set aggregator.autoscaling.enabled=true --set aggregator.resources.requests=null
 refuse "a PodMonitor on a loopback-only debug port" --set agent.podMonitor.enabled=true --set agent.debugAddress=127.0.0.1
 refuse "an unknown alert name" --set 'prometheusRule.disabled={NetscopeNoSuchAlert}'
 refuse "an image digest that is not one" --set agent.image.digest=latest
@@ -301,6 +303,25 @@ omutant() {
   fi
 }
 omutant "a rolling aggregator" 's/type: Recreate/type: RollingUpdate/'
+# Several replicas (charts/netscope/ci/replicas-values.yaml).
+rmutant() {
+  local why=$1 sedexpr=$2
+  sed -e "$sedexpr" "$OUT/replicas.yaml" >"$OUT/mutant.yaml"
+  if cmp -s "$OUT/replicas.yaml" "$OUT/mutant.yaml"; then
+    say "FAIL: mutation '$sedexpr' changed nothing"; fails=$((fails + 1)); return
+  fi
+  if "$PY" "$ROOT/scripts/helm_check.py" --k8s-version "$K8S_VERSION" --values-name mutant \
+      --values-file "$CHART/ci/replicas-values.yaml" "${FLAG_ARGS[@]}" "$OUT/mutant.yaml" >"$OUT/mutant.log" 2>&1; then
+    say "FAIL: the checker accepted a manifest with $why"; fails=$((fails + 1))
+  else
+    passes=$((passes + 1)); say "ok: caught $why: $(grep -m1 'FAIL' "$OUT/mutant.log" | sed 's/^ *//' | cut -c1-150)"
+  fi
+}
+rmutant "replicas recreated all at once" 's/type: RollingUpdate/type: Recreate/'
+rmutant "agents on the Service's virtual IP" 's/--server-endpoint=netscope-aggregator-headless\./--server-endpoint=netscope-aggregator./'
+rmutant "a headless Service publishing starting pods" 's/publishNotReadyAddresses: false/publishNotReadyAddresses: true/'
+rmutant "a PodDisruptionBudget that blocks drains" 's/^  maxUnavailable: 1$/  minAvailable: 1/'
+rmutant "a ServiceMonitor that scrapes every replica twice" 's/app.kubernetes.io\/name: netscope-aggregator-headless/app.kubernetes.io\/name: netscope-aggregator/'
 omutant "a PrometheusRule promtool rejects" 's/expr: "up{job=/expr: "up{{job=/'
 omutant "an alert missing" '/- alert: NetscopeFlowTableOverflow/,/description:/d'
 omutant "a PodMonitor on a port the agent lacks" 's/- port: debug/- port: metrics/'

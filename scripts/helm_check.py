@@ -245,9 +245,12 @@ AGG_GRPC, AGG_HTTP = "grpc", "http-metrics"
 def check_chart(docs, sources, c):
     ds = by_kind(docs, "DaemonSet")
     dep = by_kind(docs, "Deployment")
-    svc = by_kind(docs, "Service")
-    c.check(len(ds) <= 1 and len(dep) <= 1 and len(svc) <= 1, "at most one DaemonSet, Deployment and Service")
+    svc = [x for x in by_kind(docs, "Service") if not is_headless(x)]
+    headless = [x for x in by_kind(docs, "Service") if is_headless(x)]
+    c.check(len(ds) <= 1 and len(dep) <= 1 and len(svc) <= 1 and len(headless) <= 1,
+            "at most one DaemonSet, Deployment, Service and headless Service")
     ds, dep, svc = (ds[0] if ds else None), (dep[0] if dep else None), (svc[0] if svc else None)
+    headless = headless[0] if headless else None
     tls_on = False
 
     # Namespaced objects carry the release namespace.
@@ -431,13 +434,15 @@ def check_chart(docs, sources, c):
         c.check({"operator": "Exists"} in spec.get("tolerations", []),
                 "agent must tolerate every taint (operator: Exists) to run on all nodes")
         c.check(spec.get("automountServiceAccountToken") is False, "agent needs no API token")
-        # The endpoint is the aggregator Service.
+        # The endpoint is the aggregator Service; with several replicas the
+        # headless one (every agent must see every replica's address).
         ep = a.get("--server-endpoint", "netscope-aggregator:8080")
-        if svc:
+        target = headless if multi_aggregator(docs) else svc
+        if target:
             host, port_s = ep.rsplit(":", 1)
-            want = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+            want = f"{target['metadata']['name']}.{target['metadata']['namespace']}.svc.cluster.local"
             c.check(host == want, f"--server-endpoint host {host}, want the Service {want}")
-            grpc_sp = next((p["port"] for p in svc["spec"]["ports"] if p["name"] == AGG_GRPC), None)
+            grpc_sp = next((p["port"] for p in target["spec"]["ports"] if p["name"] == AGG_GRPC), None)
             c.check(int(port_s) == grpc_sp, f"--server-endpoint port {port_s} != the Service's {AGG_GRPC} port {grpc_sp}")
         # TLS on one side only never works.
         c.check(("--tls-ca" in a) == tls_on, "TLS must be on for both the agent and the aggregator or for neither")
@@ -611,19 +616,74 @@ def pod_template(docs, kind):
     return (w[0]["spec"]["template"], w[0]) if w else (None, None)
 
 
+def is_headless(svc):
+    return svc["spec"].get("clusterIP") == "None"
+
+
+def multi_aggregator(docs):
+    """More than one aggregator may run: replicas > 1 or an HPA."""
+    dep = by_kind(docs, "Deployment")
+    return bool(by_kind(docs, "HorizontalPodAutoscaler")) or bool(dep and dep[0]["spec"].get("replicas", 1) > 1)
+
+
+def check_replicas(docs, dep, c):
+    """Several aggregators: agents on the headless Service, a rolling update
+    one pod at a time, a PDB, an HPA that targets the Deployment."""
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    strategy = dep["spec"].get("strategy", {})
+    hpas = by_kind(docs, "HorizontalPodAutoscaler")
+    headless = [x for x in by_kind(docs, "Service") if is_headless(x)]
+    if not multi_aggregator(docs):
+        # One aggregator behind a virtual IP: never two side by side.
+        c.check(strategy.get("type") == "Recreate",
+                f"aggregator strategy {strategy}: one replica must be Recreate (a rolling update runs two behind one address)")
+        return
+    ru = strategy.get("rollingUpdate", {})
+    c.check(strategy.get("type") == "RollingUpdate" and ru.get("maxSurge") == 1 and ru.get("maxUnavailable") == 0,
+            f"aggregator strategy {strategy}: several replicas roll one pod at a time (maxSurge 1, maxUnavailable 0)")
+    if c.check(len(headless) == 1, "several aggregator replicas need the headless Service for the agents"):
+        h = headless[0]
+        c.check(selector_matches(h["spec"]["selector"], pod_labels), "headless Service does not select aggregator pods")
+        c.check(h["spec"].get("publishNotReadyAddresses", False) is False,
+                "headless Service must not publish not-ready pods (agents would move to a starting replica)")
+        c.check([(p["name"], p.get("targetPort")) for p in h["spec"]["ports"]] == [(AGG_GRPC, AGG_GRPC)],
+                f"headless Service ports {h['spec']['ports']}: only {AGG_GRPC}")
+        for sm in by_kind(docs, "ServiceMonitor"):
+            c.check(not selector_matches(sm["spec"]["selector"]["matchLabels"], h["metadata"]["labels"]),
+                    "the ServiceMonitor also selects the headless Service: every replica would be scraped twice")
+    pdbs = by_kind(docs, "PodDisruptionBudget")
+    if VALUES.get("aggregator", {}).get("podDisruptionBudget", {}).get("enabled", True):
+        if c.check(len(pdbs) == 1, "several aggregator replicas need a PodDisruptionBudget"):
+            pdb = pdbs[0]["spec"]
+            c.check(pdb.get("maxUnavailable") == 1 and "minAvailable" not in pdb,
+                    f"aggregator PDB {pdb}: maxUnavailable 1")
+            c.check(selector_matches(pdb["selector"]["matchLabels"], pod_labels), "PDB does not select aggregator pods")
+    for hpa in hpas:
+        spec = hpa["spec"]
+        ref = spec["scaleTargetRef"]
+        c.check((ref.get("apiVersion"), ref["kind"], ref["name"]) == ("apps/v1", "Deployment", dep["metadata"]["name"]),
+                f"HPA scales {ref}, not the aggregator Deployment")
+        c.check("replicas" not in dep["spec"], "with an HPA the Deployment must not set replicas (every apply would reset it)")
+        c.check(1 <= spec.get("minReplicas", 1) <= spec["maxReplicas"], f"HPA min {spec.get('minReplicas')} max {spec['maxReplicas']}")
+        cpu = [m for m in spec.get("metrics", []) if m["type"] == "Resource" and m["resource"]["name"] == "cpu"]
+        c.check(len(cpu) == 1 and cpu[0]["resource"]["target"]["type"] == "Utilization",
+                f"HPA metrics {spec.get('metrics')}: CPU utilisation")
+        req = dep["spec"]["template"]["spec"]["containers"][0].get("resources", {}).get("requests", {})
+        c.check("cpu" in req, "HPA on CPU utilisation without a CPU request on the aggregator")
+    print(f"  replicas: {dep['spec'].get('replicas', 'HPA')}, strategy {strategy.get('type')}, "
+          f"headless {[h['metadata']['name'] for h in headless]}, PDB {len(pdbs)}, HPA {len(hpas)}")
+
+
 def check_production(docs, c, promtool="promtool"):
     ns = "netscope-system"
     dep_t, dep = pod_template(docs, "Deployment")
     ds_t, ds = pod_template(docs, "DaemonSet")
-    svc = next(iter(by_kind(docs, "Service")), None)
+    svc = next((x for x in by_kind(docs, "Service") if not is_headless(x)), None)
     sas = {d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")}
     pr_values = VALUES.get("prometheusRule", {})
 
     if dep:
-        # One aggregator, also during an upgrade.
-        c.check(dep["spec"].get("replicas", 1) <= 1, f"aggregator replicas {dep['spec'].get('replicas')}: at most 1")
-        c.check(dep["spec"].get("strategy", {}).get("type") == "Recreate",
-                f"aggregator strategy {dep['spec'].get('strategy')}: must be Recreate (a rolling update runs two)")
+        check_replicas(docs, dep, c)
     if ds:
         spec = ds_t["spec"]
         sa = spec.get("serviceAccountName")

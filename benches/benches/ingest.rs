@@ -6,6 +6,13 @@
 //! `cargo bench -p netscope-benches --bench ingest`. Environment knobs for
 //! the load run: `INGEST_AGENTS` (default 500), `INGEST_SAMPLES` (200 per
 //! report), `INGEST_ROUNDS` (20 reports per agent).
+//!
+//! With `INGEST_REPLICAS` (e.g. `1,2,4`) the load run is instead made
+//! against that many `netscope-aggregator` processes on loopback (the
+//! release binary next to the bench, or `INGEST_AGGREGATOR_BIN`), loaded
+//! with a static topology of the simulated cluster; each simulated agent
+//! picks its replica through a `ReplicaSink` (rendezvous hashing), and each
+//! replica's CPU is read from /proc.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -298,11 +305,230 @@ fn grpc_load() {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        let mut c = Criterion::default().configure_from_args();
+        core_path(&mut c);
+        return;
+    }
+    if let Ok(list) = std::env::var("INGEST_REPLICAS") {
+        for n in list
+            .split(',')
+            .filter_map(|x| x.trim().parse::<usize>().ok())
+        {
+            replicas::load(n);
+        }
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     core_path(&mut c);
     c.final_summary();
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        return;
-    }
     grpc_load();
+}
+
+/// The load run against N aggregator processes.
+mod replicas {
+    use super::*;
+    use netscope::transport::replicas::{ReplicaConfig, ReplicaSink};
+    use std::io::{Read, Write};
+    use std::process::{Child, Command, Stdio};
+
+    /// The simulated cluster as a static topology file.
+    fn topology(nodes: u32) -> String {
+        let mut t = String::from("nodes:\n");
+        for n in 0..nodes {
+            t += &format!(
+                "  - {{name: node-{n}, zone: zone-{}, ips: [172.16.{}.{}]}}\n",
+                n % 3,
+                n / 250,
+                n % 250 + 1
+            );
+        }
+        t += "pods:\n";
+        for n in 0..nodes {
+            for p in 0..PODS_PER_NODE {
+                t += &format!(
+                    "  - {{name: pod-{n}-{p}, namespace: default, node: node-{n}, ips: [{}]}}\n",
+                    pod_ip(n, p)
+                );
+            }
+        }
+        t
+    }
+
+    fn bin() -> std::path::PathBuf {
+        if let Ok(b) = std::env::var("INGEST_AGGREGATOR_BIN") {
+            return b.into();
+        }
+        // target/release/deps/ingest-<hash> -> target/release
+        let exe = std::env::current_exe().expect("bench path");
+        exe.parent()
+            .and_then(|d| d.parent())
+            .expect("target dir")
+            .join("netscope-aggregator")
+    }
+
+    /// CPU time of every thread of process `pid`.
+    fn process_cpu(pid: u32) -> Duration {
+        let mut total = 0u64;
+        if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in dir.flatten() {
+                let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+                total += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        Duration::from_nanos(total)
+    }
+
+    fn ready(port: u16) -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200")
+    }
+
+    struct Replica {
+        child: Child,
+        port: u16,
+    }
+
+    impl Drop for Replica {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    pub fn load(n: usize) {
+        let agents = env("INGEST_AGENTS", 5000);
+        let per = env("INGEST_SAMPLES", 200);
+        let rounds = env("INGEST_ROUNDS", 4);
+        let dir = std::env::temp_dir().join(format!("netscope-ingest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let topo = dir.join("topology.yaml");
+        std::fs::write(&topo, topology(agents)).expect("write topology");
+        let bin = bin();
+        assert!(
+            bin.is_file(),
+            "{} is missing: cargo build --release -p netscope-aggregator",
+            bin.display()
+        );
+        let mut reps = Vec::new();
+        for i in 0..n {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let child = Command::new(&bin)
+                .args(["--listen-addr", &format!("127.0.0.1:{port}")])
+                .arg("--topology")
+                .arg(&topo)
+                .arg("--allow-any-peer-node")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join(format!("replica-{i}.log"))).expect("log"))
+                .spawn()
+                .expect("start netscope-aggregator");
+            reps.push(Replica { child, port });
+        }
+        for r in &mut reps {
+            let end = Instant::now() + Duration::from_secs(120);
+            while !ready(r.port) {
+                assert!(
+                    matches!(r.child.try_wait(), Ok(None)),
+                    "a replica exited; logs in {}",
+                    dir.display()
+                );
+                assert!(Instant::now() < end, "a replica never became ready");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let list = reps
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("agents")
+            .enable_all()
+            .build()
+            .expect("client runtime");
+        let all: Vec<Vec<Report>> = (0..agents)
+            .map(|a| {
+                let s = samples(a, agents, per);
+                (1..=u64::from(rounds))
+                    .map(|seq| report(a, seq, s.clone()))
+                    .collect()
+            })
+            .collect();
+        let cpu0: Vec<Duration> = reps.iter().map(|r| process_cpu(r.child.id())).collect();
+        let t0 = Instant::now();
+        let per_replica = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for (a, reports) in all.into_iter().enumerate() {
+                let mut c = ReplicaConfig::new(list.clone(), format!("node-{a}"));
+                c.client.request_timeout = Duration::from_secs(120);
+                let sink = ReplicaSink::new(c).expect("replica sink");
+                tasks.push(tokio::spawn(async move {
+                    let mut samples = 0u64;
+                    for r in &reports {
+                        while let Err(e) = sink.send(r).await {
+                            eprintln!("retry: {e}");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        samples += r.samples.len() as u64;
+                    }
+                    (sink.current().await, samples)
+                }));
+            }
+            let mut by: std::collections::BTreeMap<u16, (u32, u64)> = Default::default();
+            for t in tasks {
+                let (addr, samples) = t.await.expect("agent task");
+                let e = by.entry(addr.map_or(0, |a| a.port())).or_default();
+                e.0 += 1;
+                e.1 += samples;
+            }
+            by
+        });
+        let wall = t0.elapsed();
+        let total: u64 = per_replica.values().map(|v| v.1).sum();
+        println!();
+        println!(
+            "ingest, {n} aggregator process(es) on loopback: {agents} agents x {per} samples x {rounds} reports = {total} samples in {:.2} s -> {:.0} samples/s in all",
+            wall.as_secs_f64(),
+            total as f64 / wall.as_secs_f64()
+        );
+        for (i, r) in reps.iter().enumerate() {
+            let cpu = process_cpu(r.child.id()).saturating_sub(cpu0[i]);
+            let (ag, sm) = per_replica.get(&r.port).copied().unwrap_or_default();
+            let st = std::fs::read_to_string(format!("/proc/{}/status", r.child.id()))
+                .unwrap_or_default();
+            let mib = |key: &str| {
+                st.lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|k| k.parse::<u64>().ok())
+                    .map_or(0, |k| k / 1024)
+            };
+            println!(
+                "  replica {i}: {ag} agents, {sm} samples, {:.0} samples/s, CPU {:.2} s -> {:.0} samples per CPU-second, RSS {} MiB at the end (peak {} MiB, topology load included)",
+                sm as f64 / wall.as_secs_f64(),
+                cpu.as_secs_f64(),
+                sm as f64 / cpu.as_secs_f64().max(1e-9),
+                mib("VmRSS"),
+                mib("VmHWM")
+            );
+        }
+        drop(reps);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -238,3 +238,93 @@ fn e2e_simulated_cluster_legacy_tc() {
 fn e2e_simulated_cluster_legacy_tc_service_backend_redirected() {
     run_demo("tc", "netscope-test-e2eb", 19466, 19092, false, 5);
 }
+
+/// Issue 18: three aggregator replicas share the six agents (through an
+/// endpoints file the agents re-read, as a headless Service's DNS); at a
+/// third of the run the replica serving the most agents is held, scraped
+/// and killed with SIGKILL, at half of the run a fourth is added. The sum
+/// over replicas of every pod series (the killed one's last scrape
+/// included) must equal nftables to the byte: no report counted twice, none
+/// lost except what the killed replica counted after its last scrape,
+/// which the hold makes zero.
+#[test]
+fn e2e_three_aggregator_replicas_tcx() {
+    let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = target_dir();
+    let demo = dir.join("examples/demo");
+    for bin in [
+        demo.clone(),
+        dir.join("netscope-agent"),
+        dir.join("netscope-aggregator"),
+    ] {
+        assert!(
+            bin.is_file(),
+            "{} is missing: run `cargo build --workspace --all-targets` first (make test does)",
+            bin.display()
+        );
+    }
+    let prefix = "netscope-test-e2er";
+    let out = Command::new(&demo)
+        .args([
+            "--duration",
+            "24s",
+            "--verify",
+            "--exit",
+            "--attach-mode",
+            "tcx",
+            "--aggregators",
+            "3",
+            "--prefix",
+            prefix,
+            "--metrics-addr",
+            "127.0.0.1:19467",
+        ])
+        .args(["--bin-dir", &dir.to_string_lossy()])
+        .output()
+        .expect("running the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "demo --aggregators 3 --verify failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("verify: ") && stdout.contains("pod pairs, all equal to the byte"),
+        "no verification summary:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("killed (-9) right after its last scrape")
+            && stdout.contains(") added, the killed one unlisted"),
+        "the replica kill and scale-up did not run:\n{stdout}"
+    );
+    // Every replica, the killed and the added one included, counted
+    // something: the agents really moved.
+    let counted: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("replica ") && l.contains("counted "))
+        .collect();
+    assert_eq!(counted.len(), 4, "four replicas expected:\n{stdout}");
+    for l in &counted {
+        assert!(
+            !l.contains("counted 0.0 B"),
+            "a replica counted nothing: {l}"
+        );
+    }
+    // The agents moved for both reasons: off the killed replica (gone) and
+    // to the added one (set_changed).
+    let moves = stdout
+        .lines()
+        .find(|l| l.contains("netscope_agent_replica_switches_total: "))
+        .unwrap_or_else(|| panic!("no agent switch counts:\n{stdout}"));
+    assert!(
+        !moves.contains("gone 0,") && !moves.ends_with("set_changed 0"),
+        "agents did not move off the killed replica and onto the added one: {moves}"
+    );
+    let ns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    let left = String::from_utf8_lossy(&ns.stdout);
+    assert!(!left.contains(prefix), "namespaces left behind: {left}");
+}

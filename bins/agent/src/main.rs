@@ -19,7 +19,8 @@ use netscope::discover::{error_chain, InterfaceFilter, Reconciler, DEFAULT_PREFI
 use netscope::nat::{NetlinkConntrack, ServiceNat};
 use netscope::report::journal::Journal;
 use netscope::report::{Reporter, ReporterConfig};
-use netscope::transport::client::{ClientConfig, ClientTls, GrpcSink};
+use netscope::transport::client::{ClientConfig, ClientTls};
+use netscope::transport::replicas::{ReplicaConfig, ReplicaSink};
 use netscope::transport::server::{serve_http, HttpEndpoints};
 use netscope::{AttachMode, Direction};
 use netscope_bpf::links::LinkWatcher;
@@ -36,9 +37,19 @@ struct Args {
     /// This node's name (the downward API's spec.nodeName). Not needed with --cleanup.
     #[arg(long, env = "NODE_NAME", required_unless_present = "cleanup")]
     node_name: Option<String>,
-    /// The aggregator's gRPC address (host:port, or an http(s):// URI).
+    /// The aggregator's gRPC address (host:port, or an http(s):// URI), or a
+    /// comma-separated list; every address a name resolves to is a replica
+    /// (a headless Service), the agent reports to one by rendezvous hashing;
+    /// file:PATH reads the list from a file at every resolution.
     #[arg(long, default_value = "netscope-aggregator:8080")]
     server_endpoint: String,
+    /// How often the --server-endpoint names are resolved again (100ms to 1h).
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    server_resolve_interval: Duration,
+    /// A replica every send to which failed this long is gone: the report in
+    /// flight moves to another replica (100ms to 1h).
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    replica_gone_after: Duration,
     /// How often to drain the counters and send a report (100ms to 1h).
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     collection_interval: Duration,
@@ -340,7 +351,10 @@ fn main() -> Result<()> {
         let mut client = ClientConfig::new(args.server_endpoint.clone());
         client.tls = tls;
         client.max_message_bytes = usize::try_from(args.max_message_bytes).unwrap_or(usize::MAX);
-        let sink = GrpcSink::new(&client).with_context(|| format!("--server-endpoint {}", args.server_endpoint))?;
+        let mut replicas = ReplicaConfig::new(args.server_endpoint.clone(), node_name.clone());
+        (replicas.resolve_interval, replicas.gone_after) = (args.server_resolve_interval, args.replica_gone_after);
+        replicas.client = client.clone();
+        let sink = ReplicaSink::new(replicas).with_context(|| format!("--server-endpoint {:?}", args.server_endpoint))?;
         let mut rc = ReporterConfig::new(node_name.clone());
         rc.interval = args.collection_interval;
         rc.max_buffered_flows = usize::try_from(args.max_buffered_flows).unwrap_or(usize::MAX);

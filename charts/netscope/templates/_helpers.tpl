@@ -138,10 +138,23 @@ or a colon, or is "localhost"), or is prefixed when it has none.
 {{- printf "%s.%s.svc.%s" (include "netscope.aggregator.fullname" .) .Release.Namespace .Values.clusterDomain -}}
 {{- end -}}
 
-{{/* The address agents report to. */}}
+{{/* "true" when more than one aggregator may run (replicas > 1 or the HPA). */}}
+{{- define "netscope.aggregator.multi" -}}
+{{- if or .Values.aggregator.autoscaling.enabled (gt (int .Values.aggregator.replicas) 1) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The headless Service's in-cluster DNS name: one A/AAAA record per ready replica. */}}
+{{- define "netscope.aggregator.headlessHost" -}}
+{{- printf "%s-headless.%s.svc.%s" (include "netscope.aggregator.fullname" .) .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+
+{{/* The address agents report to: the headless Service when several replicas
+may run (each agent picks one replica), else the Service. */}}
 {{- define "netscope.agent.serverEndpoint" -}}
 {{- if .Values.agent.serverEndpoint -}}
 {{- .Values.agent.serverEndpoint -}}
+{{- else if include "netscope.aggregator.multi" . -}}
+{{- printf "%s:%d" (include "netscope.aggregator.headlessHost" .) (int .Values.aggregator.port) -}}
 {{- else -}}
 {{- printf "%s:%d" (include "netscope.aggregator.host" .) (int .Values.aggregator.service.port) -}}
 {{- end -}}

@@ -8,11 +8,15 @@
 //!   the same port.
 //! - [`client`]: the agent side: [`GrpcSink`](client::GrpcSink), a
 //!   [`ReportSink`](crate::report::ReportSink) over a tonic channel.
+//! - [`replicas`]: the agent side with several aggregator replicas:
+//!   [`ReplicaSink`](replicas::ReplicaSink) picks one by rendezvous hashing
+//!   and switches only when the switching rule allows.
 //!
 //! TLS uses rustls with the ring provider only.
 
 pub mod client;
 pub mod convert;
+pub mod replicas;
 pub mod server;
 
 /// Generated code for the `netscope.v1` protobuf package.
