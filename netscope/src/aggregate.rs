@@ -90,6 +90,13 @@ pub struct DedupConfig {
     /// huge sequence cannot make the real agent's next reports look like
     /// replays.
     pub max_sequence_jump: u64,
+    /// Further jump allowed per second since the instance's last counted
+    /// report: an agent that reported to another aggregator replica for a
+    /// while comes back this far ahead. 100 covers the shortest collection
+    /// interval (100 ms) with ten reports per drain; a forged sequence still
+    /// cannot reach further than the time since the real agent's last report
+    /// allows.
+    pub sequence_jump_per_second: u64,
 }
 
 impl Default for DedupConfig {
@@ -99,6 +106,7 @@ impl Default for DedupConfig {
             max_instances: 100_000,
             max_instances_per_node: 8,
             max_sequence_jump: 4096,
+            sequence_jump_per_second: 100,
         }
     }
 }
@@ -268,10 +276,15 @@ impl DedupTable {
             self.insert(node, instance, seq, now);
             return SeqCheck::New;
         };
-        let max_jump = self.config.max_sequence_jump.max(1);
+        let (base_jump, per_second) = (
+            self.config.max_sequence_jump.max(1),
+            self.config.sequence_jump_per_second,
+        );
         let Some(st) = self.slot_mut(i) else {
             return SeqCheck::New;
         };
+        let away = now.duration_since(st.last_seen).map_or(0, |d| d.as_secs());
+        let max_jump = base_jump.saturating_add(away.saturating_mul(per_second));
         if seq > st.highest && seq - st.highest > max_jump {
             return SeqCheck::TooFarAhead {
                 highest: st.highest,
@@ -892,6 +905,7 @@ pods:
     fn sequence_may_not_jump_arbitrarily_ahead() {
         let mut d = DedupTable::new(DedupConfig {
             max_sequence_jump: 10,
+            sequence_jump_per_second: 0,
             ..DedupConfig::default()
         });
         let a = InstanceId([1; 16]);
@@ -906,6 +920,33 @@ pods:
         assert_eq!(
             d.check_and_mark("n", a, 23, t(4)),
             SeqCheck::TooFarAhead { highest: 12 }
+        );
+    }
+
+    #[test]
+    fn an_agent_back_from_another_replica_may_be_further_ahead() {
+        let mut d = DedupTable::new(DedupConfig {
+            max_sequence_jump: 10,
+            sequence_jump_per_second: 2,
+            ..DedupConfig::default()
+        });
+        let a = InstanceId([1; 16]);
+        assert_eq!(d.check_and_mark("n", a, 1, t(0)), SeqCheck::New);
+        // 100 s on another replica: 10 + 2 x 100 = 210 ahead is allowed.
+        assert_eq!(d.check_and_mark("n", a, 211, t(100)), SeqCheck::New);
+        // ... and no more than that, counted from the last counted report.
+        assert_eq!(
+            d.check_and_mark("n", a, 211 + 10 + 2 * 5 + 1, t(105)),
+            SeqCheck::TooFarAhead { highest: 211 }
+        );
+        assert_eq!(
+            d.check_and_mark("n", a, 211 + 10 + 2 * 5, t(105)),
+            SeqCheck::New
+        );
+        // A forged far-future sequence stays refused.
+        assert_eq!(
+            d.check_and_mark("n", a, 1 << 63, t(106)),
+            SeqCheck::TooFarAhead { highest: 231 }
         );
     }
 

@@ -92,6 +92,11 @@ struct Args {
     /// (Kubernetes backend and static topology). At most 24h.
     #[arg(long, default_value = "2m", value_parser = parse_tombstone_grace)]
     tombstone_grace: Duration,
+    /// How long a node stays monitored after its last Ready agent pod went
+    /// away (a restart or an upgrade: its pinned programs keep counting and
+    /// the next agent reports it). Kubernetes backend; 0 to 1h.
+    #[arg(long, default_value = "5m", value_parser = parse_agent_absence_grace)]
+    agent_absence_grace: Duration,
     /// How often the --topology and --custom-endpoints files are checked
     /// for changes. Above zero, at most 1h.
     #[arg(long, default_value = "10s", value_parser = parse_reload_interval)]
@@ -145,6 +150,10 @@ fn parse_reload_interval(s: &str) -> Result<Duration, String> {
 
 fn parse_tombstone_grace(s: &str) -> Result<Duration, String> {
     parse_duration_within(s, Duration::ZERO, 24 * HOUR)
+}
+
+fn parse_agent_absence_grace(s: &str) -> Result<Duration, String> {
+    parse_duration_within(s, Duration::ZERO, HOUR)
 }
 
 fn parse_series_idle_timeout(s: &str) -> Result<Duration, String> {
@@ -379,6 +388,7 @@ async fn build_resolver(args: &Args, tasks: &mut Supervisor) -> Result<Arc<dyn R
         let config = KubeResolverConfig {
             agent_selector: args.agent_selector.clone(),
             tombstone_grace: args.tombstone_grace,
+            agent_absence_grace: args.agent_absence_grace,
             service_cidrs: args.service_cidrs.clone(),
             ..KubeResolverConfig::default()
         };

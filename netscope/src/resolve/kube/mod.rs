@@ -27,7 +27,9 @@
 //!   CIDRs come from the ServiceCIDR API (`networking.k8s.io/v1`) when the
 //!   cluster serves it, else from configuration;
 //! - a node is monitored while a Running, Ready pod that matches
-//!   [`agent_selector`](KubeResolverConfig::agent_selector) runs on it.
+//!   [`agent_selector`](KubeResolverConfig::agent_selector) runs on it, and
+//!   for [`agent_absence_grace`](KubeResolverConfig::agent_absence_grace)
+//!   after the last one went away (a restart or an upgrade).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +65,12 @@ pub struct KubeResolverConfig {
     pub agent_selector: String,
     /// How long a deleted or finished pod keeps resolving. Default 2 minutes.
     pub tombstone_grace: Duration,
+    /// How long a node stays monitored after its last Ready agent pod went
+    /// away or stopped being Ready (an agent restart or upgrade). Its pinned
+    /// programs keep counting meanwhile and the next agent reports it, so
+    /// counting the receivers' view then would count those bytes twice.
+    /// Default 5 minutes; zero ends monitoring with the pod's readiness.
+    pub agent_absence_grace: Duration,
     /// Service CIDRs to use when the cluster has no ServiceCIDR API (or it
     /// lists none).
     pub service_cidrs: Vec<IpPrefix>,
@@ -79,6 +87,7 @@ impl Default for KubeResolverConfig {
         KubeResolverConfig {
             agent_selector: "app.kubernetes.io/name=netscope-agent".to_owned(),
             tombstone_grace: Duration::from_secs(120),
+            agent_absence_grace: Duration::from_secs(300),
             service_cidrs: Vec::new(),
             service_cidr_api: true,
             publish_interval: Duration::from_millis(100),

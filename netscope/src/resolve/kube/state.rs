@@ -171,6 +171,9 @@ impl Relist {
 pub(crate) struct StateConfig {
     pub agent_selector: Selector,
     pub tombstone_grace: Duration,
+    /// How long a node stays monitored after its last Ready agent pod
+    /// stopped being Ready or went away.
+    pub agent_absence_grace: Duration,
     pub service_cidrs: Vec<IpPrefix>,
 }
 
@@ -186,6 +189,9 @@ pub struct KubeIndex {
     strings: Interner,
     pods: HashMap<Box<str>, PodRecord>,
     tombstones: Vec<Tombstone>,
+    /// Nodes that lost their last Ready agent pod, and when: monitored
+    /// until `agent_absence_grace` after it.
+    agent_lost: HashMap<Arc<str>, SystemTime>,
     nodes: HashMap<Box<str>, NodeRecord>,
     services: HashMap<Box<str>, ServiceRecord>,
     endpoint_slices: HashMap<Box<str>, SliceRecord>,
@@ -253,6 +259,7 @@ impl KubeIndex {
             StateConfig {
                 agent_selector: super::workload::parse_selector(&config.agent_selector)?,
                 tombstone_grace: config.tombstone_grace,
+                agent_absence_grace: config.agent_absence_grace,
                 service_cidrs: config.service_cidrs.clone(),
             },
             config.service_cidr_api,
@@ -269,6 +276,7 @@ impl KubeIndex {
             strings: Interner::default(),
             pods: HashMap::new(),
             tombstones: Vec::new(),
+            agent_lost: HashMap::new(),
             nodes: HashMap::new(),
             services: HashMap::new(),
             endpoint_slices: HashMap::new(),
@@ -406,6 +414,9 @@ impl KubeIndex {
             && selects(&self.config.agent_selector, pod.metadata.labels.as_ref());
 
         let previous = self.pods.get(&key);
+        let previous_agent = previous
+            .filter(|p| p.agent_ready)
+            .map(|p| p.endpoint.node.clone());
         if let Some(prev) = previous {
             if *prev.endpoint == *endpoint {
                 endpoint = prev.endpoint.clone();
@@ -442,10 +453,35 @@ impl KubeIndex {
             agent_ready,
         };
         if previous != Some(&record) {
+            let now_agent = record.agent_ready.then(|| record.endpoint.node.clone());
             self.pods.insert(key, record);
             self.dirty = true;
             self.pods_dirty = true;
+            if let Some(node) = now_agent {
+                self.agent_lost.remove(&node);
+            }
+            if let Some(node) = previous_agent {
+                self.agent_gone(node, now);
+            }
         }
+    }
+
+    /// An agent pod on `node` stopped being Ready or went away: unless
+    /// another one is Ready there, the node stays monitored for
+    /// `agent_absence_grace` (an agent restart or upgrade: the pinned
+    /// programs keep counting and the next agent reports it).
+    fn agent_gone(&mut self, node: Arc<str>, now: SystemTime) {
+        if node.is_empty() || self.config.agent_absence_grace.is_zero() {
+            return;
+        }
+        if self
+            .pods
+            .values()
+            .any(|p| p.agent_ready && p.endpoint.node == node)
+        {
+            return;
+        }
+        self.agent_lost.entry(node).or_insert(now);
     }
 
     fn delete_pod(&mut self, key: &str, now: SystemTime) {
@@ -454,6 +490,9 @@ impl KubeIndex {
         };
         self.dirty = true;
         self.pods_dirty = true;
+        if prev.agent_ready {
+            self.agent_gone(prev.endpoint.node.clone(), now);
+        }
         if prev.host_network || prev.ips.is_empty() {
             return;
         }
@@ -832,6 +871,9 @@ impl KubeIndex {
         // An end so far ahead that adding the grace overflows never expires.
         self.tombstones
             .retain(|t| t.until.checked_add(grace).is_none_or(|e| e > now));
+        let absence = self.config.agent_absence_grace;
+        self.agent_lost
+            .retain(|_, t| t.checked_add(absence).is_none_or(|e| e > now));
         before - self.tombstones.len()
     }
 
@@ -845,6 +887,11 @@ impl KubeIndex {
             .chain(self.pods.values().filter_map(|p| p.ended))
             // None (overflow): never expires, nothing to wait for.
             .filter_map(|t| t.checked_add(grace))
+            .chain(
+                self.agent_lost
+                    .values()
+                    .filter_map(|t| t.checked_add(self.config.agent_absence_grace)),
+            )
             .filter(|t| *t > now)
             .min()
     }
@@ -873,6 +920,9 @@ impl KubeIndex {
             if pod.agent_ready && !pod.endpoint.node.is_empty() {
                 b.monitored_node(pod.endpoint.node.clone());
             }
+        }
+        for node in self.agent_lost.keys() {
+            b.monitored_node(node.clone());
         }
         for t in &self.tombstones {
             for ip in t.ips.iter() {

@@ -127,11 +127,16 @@ fn service_cidr(name: &str, cidrs: &[&str]) -> ServiceCIDR {
 }
 
 fn state(grace_secs: u64) -> KubeIndex {
+    state_with(grace_secs, 0)
+}
+
+fn state_with(grace_secs: u64, absence_secs: u64) -> KubeIndex {
     KubeIndex::with_config(
         StateConfig {
             agent_selector: parse_selector("app.kubernetes.io/name=netscope-agent")
                 .unwrap_or_else(|e| panic!("{e}")),
             tombstone_grace: Duration::from_secs(grace_secs),
+            agent_absence_grace: Duration::from_secs(absence_secs),
             service_cidrs: vec!["10.96.0.0/12".parse().unwrap_or_else(|e| panic!("{e}"))],
         },
         true,
@@ -441,6 +446,48 @@ fn monitored_nodes_need_a_ready_running_agent_pod() {
     let (snap, _) = s.snapshot(at(2));
     assert!(snap.is_monitored_node("node-b"));
     assert!(!snap.is_monitored_node("node-a"));
+}
+
+#[test]
+fn a_node_stays_monitored_while_its_agent_restarts() {
+    let mut s = state_with(120, 300);
+    let agent_labels = json!({"app.kubernetes.io/name": "netscope-agent"});
+    let mut old = base("agent-old", "node-a", &["10.0.6.1"], 0);
+    old.labels = agent_labels.clone();
+    let mut other = base("agent-b", "node-b", &["10.0.6.2"], 0);
+    other.labels = agent_labels.clone();
+    initial(&mut s, vec![pod(&old), pod(&other)], vec![], vec![], at(1));
+    assert!(s.snapshot(at(1)).0.is_monitored_node("node-a"));
+    // A rolling upgrade: the old pod stops being Ready, then is deleted;
+    // the new one is Pending, then Running but not Ready yet.
+    old.ready = false;
+    s.apply_pod(Event::Apply(pod(&old)), at(10));
+    assert!(
+        s.snapshot(at(10)).0.is_monitored_node("node-a"),
+        "not Ready"
+    );
+    s.apply_pod(Event::Delete(pod(&old)), at(40));
+    let mut new = base("agent-new", "node-a", &["10.0.6.1"], 0);
+    new.labels = agent_labels.clone();
+    new.phase = "Pending";
+    s.apply_pod(Event::Apply(pod(&new)), at(45));
+    assert!(
+        s.snapshot(at(300)).0.is_monitored_node("node-a"),
+        "within the grace"
+    );
+    new.phase = "Running";
+    s.apply_pod(Event::Apply(pod(&new)), at(305));
+    let (snap, _) = s.snapshot(at(400));
+    assert!(snap.is_monitored_node("node-a"), "the new agent is Ready");
+    // node-b's agent goes away for good: monitored for the grace, then not.
+    s.apply_pod(Event::Delete(pod(&other)), at(500));
+    assert!(s.snapshot(at(799)).0.is_monitored_node("node-b"));
+    assert!(s.next_expiry(at(799)).is_some_and(|t| t <= at(800)));
+    assert!(
+        !s.snapshot(at(800)).0.is_monitored_node("node-b"),
+        "grace over"
+    );
+    assert!(s.snapshot(at(800)).0.is_monitored_node("node-a"));
 }
 
 #[test]
