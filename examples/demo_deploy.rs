@@ -192,8 +192,8 @@ fn sum_by(samples: &[Sample], name: &str, by: &[&str]) -> BTreeMap<Vec<String>, 
 
 /// What the exact panels must show, computed from the aggregator's last
 /// scrape: the zone matrix from the pod-level series (which `--verify`
-/// compares with nftables), the cost from the pod-level cross-zone bytes
-/// and the prices, floor(bytes x price) per zone pair and side.
+/// compares with nftables), the cost from the cross-zone bytes and the
+/// prices, floor(bytes x price) per zone and region pair and side.
 fn expected(kind: &str, samples: &[Sample]) -> Result<BTreeMap<Vec<String>, f64>> {
     Ok(match kind {
         "zone_matrix" => sum_by(
@@ -210,22 +210,33 @@ fn expected(kind: &str, samples: &[Sample]) -> Result<BTreeMap<Vec<String>, f64>
             if prices.is_empty() {
                 bail!("the aggregator exports no netscope_cross_zone_price_dollars_per_gb");
             }
+            // The exporter prices each zone label set, which also carries
+            // the two regions (a custom endpoint may have a zone and no
+            // region), so floor per zone and region pair, then add up. The
+            // workload level has the region labels; its bytes are the pod
+            // level's, summed.
             let bytes = sum_by(
                 samples,
-                "pod_cross_zone_network_traffic_bytes_total",
-                &["src_zone", "dst_zone"],
+                "netscope_workload_cross_zone_network_traffic_bytes_total",
+                &["src_zone", "dst_zone", "src_region", "dst_region"],
             );
             let mut out = BTreeMap::new();
             for (side, price) in &prices {
                 // Picodollars per GB are integers for any price with at most
                 // 12 decimals; then exact integer arithmetic as the exporter.
                 let pico_per_gb = (price * 1e12).round() as u128;
-                for (pair, b) in &bytes {
+                for (labels, b) in &bytes {
+                    let (pair, regions) = labels.split_at(2);
+                    // Between two known regions: not billed at the AZ price.
+                    let known = |r: &String| !r.is_empty() && r != "unknown";
+                    if known(&regions[0]) && known(&regions[1]) && regions[0] != regions[1] {
+                        continue;
+                    }
                     let micro = (*b as u128 * pico_per_gb / 1_000_000_000_000_000) as f64;
                     let key = if kind == "cost_by_side" {
                         side.clone()
                     } else {
-                        let mut k = pair.clone();
+                        let mut k = pair.to_vec();
                         k.extend(side.iter().cloned());
                         k
                     };

@@ -271,6 +271,22 @@ impl CostMeter {
         }
     }
 
+    /// A meter that goes on from the [`remainder`](Self::remainder) of an
+    /// earlier one: the two together return exactly what one meter would.
+    pub fn with_remainder(price: Price, remainder: u64) -> Self {
+        let den = price.unit_bytes * PICODOLLARS_PER_MICRODOLLAR;
+        CostMeter {
+            price,
+            remainder: AtomicU64::new(if den == 0 { 0 } else { remainder % den }),
+        }
+    }
+
+    /// The fraction of a microdollar not yet returned, in the meter's
+    /// internal unit (for [`with_remainder`](Self::with_remainder)).
+    pub fn remainder(&self) -> u64 {
+        self.remainder.load(Ordering::Relaxed)
+    }
+
     /// The price this meter charges.
     pub fn price(&self) -> Price {
         self.price
@@ -315,6 +331,21 @@ impl CostMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_meter_resumed_from_a_remainder_continues_exactly() {
+        let price = Price::per_gb(0.01).unwrap_or_else(|e| panic!("{e}"));
+        let one = CostMeter::new(price);
+        let total: u64 = [333_333u64, 777_777, 5_000_001]
+            .iter()
+            .map(|b| one.add(*b))
+            .sum();
+        let first = CostMeter::new(price);
+        let a = first.add(333_333) + first.add(777_777);
+        let second = CostMeter::with_remainder(price, first.remainder());
+        assert_eq!(a + second.add(5_000_001), total);
+        assert_eq!(total, price.microdollars(333_333 + 777_777 + 5_000_001));
+    }
 
     #[test]
     fn price_gauges_carry_each_side_in_dollars_per_gb() {

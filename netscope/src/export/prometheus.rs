@@ -480,6 +480,12 @@ struct State {
     pods: HashMap<PodKey, Arc<Traffic>>,
     workloads: HashMap<WorkloadKey, Arc<Traffic>>,
     zones: HashMap<ZoneKey, Arc<ZoneSeries>>,
+    /// The cost meters' remainders of zone label sets dropped while idle:
+    /// when the label set comes back, its meters go on from them, so the
+    /// microdollar counter stays floor(total bytes x price) across the drop
+    /// (the recorder keeps the counter's value meanwhile). At most one entry
+    /// per zone label set that was dropped and has not come back.
+    cost_carry: HashMap<ZoneKey, [u64; 2]>,
     /// Label sets per level that are not folded, for the limits.
     unfolded: [usize; 3],
     /// Monotonic tick of the last upkeep, 0 before the first. Nanoseconds
@@ -531,6 +537,7 @@ impl PrometheusExporter {
                 pods: HashMap::new(),
                 workloads: HashMap::new(),
                 zones: HashMap::new(),
+                cost_carry: HashMap::new(),
                 unfolded: [0; 3],
                 tick: 0,
                 base: None,
@@ -597,11 +604,23 @@ impl PrometheusExporter {
             }
             keep
         });
+        let carry = &mut state.cost_carry;
+        let carry_limit = self.config.limits.zone_pairs.saturating_mul(4).max(64);
         state.zones.retain(|key, s| {
             let keep =
                 Arc::strong_count(s) > 1 || !idle(s.traffic.last_used.load(Ordering::Relaxed));
             if !keep && !key.folded {
                 unfolded[2] = unfolded[2].saturating_sub(1);
+            }
+            if !keep {
+                if let Some(cost) = &s.cost {
+                    let rem = [cost[0].1.remainder(), cost[1].1.remainder()];
+                    // Bounded: past it, a returning label set loses less
+                    // than a microdollar per side.
+                    if rem != [0, 0] && carry.len() < carry_limit {
+                        carry.insert(key.clone(), rem);
+                    }
+                }
             }
             keep
         });
@@ -740,6 +759,7 @@ impl PrometheusExporter {
             folded: false,
         };
         let pricing = self.config.pricing;
+        let carry = &mut state.cost_carry;
         let zone = series_for(
             &mut state.zones,
             key,
@@ -761,6 +781,7 @@ impl PrometheusExporter {
                 // A folded label set mixes billed and unbilled pairs;
                 // the pair decides whether to charge.
                 let billable = billed || key.folded;
+                let rem = carry.remove(key).unwrap_or([0, 0]);
                 Arc::new(ZoneSeries {
                     traffic: Traffic {
                         bytes: register(names::ZONE_BYTES, l()),
@@ -774,12 +795,14 @@ impl PrometheusExporter {
                         last_used: AtomicU64::new(0),
                     },
                     cost: billable.then(|| {
+                        let mut i = 0;
                         BillingSide::BOTH.map(|side| {
                             let mut cl = l();
                             cl.push(Label::from_static_parts("side", side.as_str()));
+                            i += 1;
                             (
                                 register(names::CROSS_ZONE_COST, cl),
-                                CostMeter::new(pricing.side(side)),
+                                CostMeter::with_remainder(pricing.side(side), rem[i - 1]),
                             )
                         })
                     }),
@@ -1396,6 +1419,38 @@ mod tests {
         let mut text = String::new();
         handle.render_at(now, &mut text);
         text
+    }
+
+    #[test]
+    fn a_zone_pair_dropped_while_idle_keeps_its_cost_exact_when_it_returns() {
+        let recorder = DebuggingRecorder::new();
+        let snap = recorder.snapshotter();
+        let expiry = SeriesExpiry::new(Duration::from_secs(600)).unwrap();
+        let exp = exporter(PrometheusConfig {
+            expiry,
+            ..PrometheusConfig::default()
+        });
+        let gone = pod("gone", "ns", "a", "z1", "r");
+        let b = pod("b", "ns", "b", "z2", "r");
+        let fresh = pod("fresh", "ns", "a", "z1", "r");
+        let is_live = |e: &Endpoint| &*e.name != "gone";
+        let t0 = Instant::now();
+        exp.upkeep(t0, &is_live);
+        // $0.01/GB per side: one microdollar per 100 kB. 150 kB: 1 and a half.
+        metrics::with_local_recorder(&recorder, || {
+            exp.export(&[flow(&gone, &b, "10.0.0.1", "10.0.0.2", 150_000, 1)]);
+        });
+        // The pair's pod is gone: its handles, then the zone label set, drop.
+        let stats = exp.upkeep(t0 + expiry.idle_timeout(), &is_live);
+        assert_eq!(stats.pairs_evicted, 1);
+        assert_eq!(stats.series[2], 0, "the zone label set was dropped");
+        // Another pod of the zone pair: 60 kB more, 210 kB in all.
+        metrics::with_local_recorder(&recorder, || {
+            exp.export(&[flow(&fresh, &b, "10.0.0.3", "10.0.0.2", 60_000, 1)]);
+        });
+        let c = counters(&snap);
+        let cost: u64 = c[names::CROSS_ZONE_COST].values().sum();
+        assert_eq!(cost, 2 * 2, "floor(210 kB x price) on each side, not 1 + 0");
     }
 
     #[test]
