@@ -211,6 +211,18 @@ impl PinDir {
     /// [`PinError::NotBpffs`], or the filesystem's error naming the path.
     pub fn prepare(&self) -> Result<(), PinError> {
         use std::os::unix::fs::DirBuilderExt;
+        // Never create directories outside bpffs (under /sys, say, where
+        // bpffs is not mounted): the nearest existing ancestor must be on it.
+        let existing = self
+            .root
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"));
+        if !sys::is_bpffs(existing).map_err(io_err("statfs", existing))? {
+            return Err(PinError::NotBpffs {
+                path: self.root.clone(),
+            });
+        }
         let mut b = std::fs::DirBuilder::new();
         b.recursive(true).mode(0o700);
         b.create(&self.root)
