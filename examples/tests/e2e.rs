@@ -6,8 +6,12 @@
 //! nftables' forward counters to the byte: counted once,
 //! ClusterIP traffic attributed to the backend pod in both directions,
 //! external traffic to the custom endpoint. Mid-run, one agent is killed
-//! with SIGKILL and restarted (its pairs may fall short, never over; in
-//! legacy-TC mode its filters are replaced, not duplicated), and the
+//! with SIGKILL and restarted, and at half the run replaced with SIGTERM by
+//! an agent presenting another pinned layout (a rolling upgrade); its pairs
+//! stay exact, because its maps and links are pinned and what it drained
+//! but had not delivered is journaled (in legacy-TC mode its filters are
+//! replaced, not duplicated). `e2e_failpoints_every_step_exact` kills that
+//! agent at each step of its drain cycle instead. The
 //! aggregator is killed after its last scrape and started again (agents
 //! resend; the pre-restart scrape plus the new counters equal the
 //! reference). At two fifths of the run the `storage` pod is
@@ -81,6 +85,7 @@ fn run_demo(
             "24s",
             "--verify",
             "--restarts",
+            "--upgrade",
             "--move-pod",
             "--hostile",
             "--exit",
@@ -161,6 +166,17 @@ fn run_demo(
             && stdout.contains("aggregator killed (-9) after its last scrape"),
         "the agent and aggregator restarts did not run:\n{stdout}"
     );
+    assert!(
+        stdout.contains("replaced by a build of pinned layout v2")
+            && stdout.contains("layout v1 drained and removed by the v2 agent: true"),
+        "the rolling upgrade did not run or did not drain the old layout:\n{stdout}"
+    );
+    if mode == "tcx" {
+        assert!(
+            !stdout.contains("pinned TCX links it adopted: 0"),
+            "the upgraded agent did not take the pinned TCX links over:\n{stdout}"
+        );
+    }
     if mode == "tc" {
         assert!(
             stdout.contains("1 netscope filter(s) after the restart"),
@@ -327,4 +343,61 @@ fn e2e_three_aggregator_replicas_tcx() {
         .expect("ip netns");
     let left = String::from_utf8_lossy(&ns.stdout);
     assert!(!left.contains(prefix), "namespaces left behind: {left}");
+}
+
+/// The restarted agent SIGKILLs itself at each step of its drain cycle
+/// (test-only NETSCOPE_FAILPOINT, on its second pass there), is started
+/// again, and every pair equals nftables to the byte.
+#[test]
+fn e2e_failpoints_every_step_exact() {
+    let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = target_dir();
+    let demo = dir.join("examples/demo");
+    assert!(
+        demo.is_file(),
+        "{} is missing: build the workspace first",
+        demo.display()
+    );
+    for (i, step) in [
+        "after-stage",
+        "after-journal",
+        "after-commit",
+        "after-send",
+        "after-ack",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let prefix = format!("netscope-test-e2ef{i}");
+        let out = Command::new(&demo)
+            .args(["--duration", "12s", "--verify", "--restarts", "--exit"])
+            .args(["--failpoint", &format!("{step}:2")])
+            .args(["--attach-mode", "tcx", "--prefix", &prefix])
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", 19470 + i)])
+            .args(["--bin-dir", &dir.to_string_lossy()])
+            .output()
+            .expect("running the demo");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "demo --failpoint {step} failed:\n{stdout}\n{stderr}"
+        );
+        assert!(
+            stdout.contains(&format!("killed itself at failpoint {step}:2")),
+            "the failpoint {step} did not fire:\n{stdout}"
+        );
+        assert!(
+            stdout.contains("all equal to the byte") && !stdout.contains("MISMATCH"),
+            "not exact after the failpoint {step}:\n{stdout}"
+        );
+        let pairs = stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with("ok ") && l.contains("nftables"))
+            .count();
+        assert!(
+            pairs >= 12,
+            "only {pairs} pod pairs verified after {step}:\n{stdout}"
+        );
+    }
 }

@@ -226,34 +226,49 @@ impl BpfAttacher {
         iface: &Interface,
         direction: Direction,
     ) -> io::Result<Box<dyn Attachment>> {
-        let prog = self.capture.program(direction);
+        let found = self.find_tcx(iface, direction)?;
+        self.finish_tcx(iface, direction, found)
+    }
+
+    /// The pinned link of `iface`/`direction` to adopt, if any (of this
+    /// layout, or moved over from another one in an upgrade).
+    fn find_tcx(&self, iface: &Interface, direction: Direction) -> io::Result<Option<OwnedFd>> {
         let Some(pin) = self.capture.pin_dir() else {
-            let link = sys::tcx_link_create(prog, iface.ifindex, tcx_attach_type(direction))?;
-            return Ok(Box::new(TcxAttachment {
-                link: Some(link),
-                pin: None,
-                iface: iface.clone(),
-                direction,
-            }));
+            return Ok(None);
         };
         let path = pin.link_path(iface.ifindex, direction);
         let pin_err = |e: crate::pin::PinError| io::Error::other(e);
-        // A link of this layout, or of the previous one (an upgrade): put
-        // this program behind it, atomically; the hook never runs empty.
-        let mut found = crate::pin::adopt_link(&path, iface.ifindex, direction).map_err(pin_err)?;
-        if found.is_none() {
-            for (_, old_dir) in pin.other_layouts() {
-                let old = crate::pin::link_path(&old_dir, iface.ifindex, direction);
-                if let Some(fd) =
-                    crate::pin::adopt_link(&old, iface.ifindex, direction).map_err(pin_err)?
-                {
-                    sys::obj_pin(fd.as_fd(), &path)?;
-                    std::fs::remove_file(&old)?;
-                    found = Some(fd);
-                    break;
-                }
+        if let Some(fd) =
+            crate::pin::adopt_link(&path, iface.ifindex, direction).map_err(pin_err)?
+        {
+            return Ok(Some(fd));
+        }
+        for (_, old_dir) in pin.other_layouts() {
+            let old = crate::pin::link_path(&old_dir, iface.ifindex, direction);
+            if let Some(fd) =
+                crate::pin::adopt_link(&old, iface.ifindex, direction).map_err(pin_err)?
+            {
+                sys::obj_pin(fd.as_fd(), &path)?;
+                std::fs::remove_file(&old)?;
+                return Ok(Some(fd));
             }
         }
+        Ok(None)
+    }
+
+    /// Puts the program behind `found` (no gap) or creates the link, and
+    /// pins it when pinning is on.
+    fn finish_tcx(
+        &self,
+        iface: &Interface,
+        direction: Direction,
+        found: Option<OwnedFd>,
+    ) -> io::Result<Box<dyn Attachment>> {
+        let prog = self.capture.program(direction);
+        let path = self
+            .capture
+            .pin_dir()
+            .map(|p| p.link_path(iface.ifindex, direction));
         let link = match found {
             Some(fd) => {
                 sys::link_update(fd.as_fd(), prog)?;
@@ -263,22 +278,39 @@ impl BpfAttacher {
             }
             None => {
                 let fd = sys::tcx_link_create(prog, iface.ifindex, tcx_attach_type(direction))?;
-                if let Err(e) = sys::obj_pin(fd.as_fd(), &path) {
-                    let _ = sys::link_detach(fd.as_fd());
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("pinning the TCX link at {}: {e}", path.display()),
-                    ));
+                if let Some(path) = &path {
+                    if let Err(e) = sys::obj_pin(fd.as_fd(), path) {
+                        let _ = sys::link_detach(fd.as_fd());
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("pinning the TCX link at {}: {e}", path.display()),
+                        ));
+                    }
                 }
                 fd
             }
         };
         Ok(Box::new(TcxAttachment {
             link: Some(link),
-            pin: Some(path),
+            pin: path,
             iface: iface.clone(),
             direction,
         }))
+    }
+
+    /// TCX, both directions as one step: every lookup first, then the two
+    /// attaches back to back; both or neither.
+    fn attach_tcx_both(&self, iface: &Interface) -> io::Result<[Box<dyn Attachment>; 2]> {
+        let found_in = self.find_tcx(iface, Direction::FromPod)?;
+        let found_eg = self.find_tcx(iface, Direction::ToPod)?;
+        let a = self.finish_tcx(iface, Direction::FromPod, found_in)?;
+        match self.finish_tcx(iface, Direction::ToPod, found_eg) {
+            Ok(b) => Ok([a, b]),
+            Err(e) => {
+                let _ = a.detach();
+                Err(e)
+            }
+        }
     }
 
     fn attach_tc(
@@ -406,6 +438,33 @@ impl Attacher for BpfAttacher {
                     .map_err(|e| err(AttachMode::Tc, e))
             }
         }
+    }
+
+    fn attach_both(&self, iface: &Interface) -> Result<[Box<dyn Attachment>; 2], AttachError> {
+        let tcx = match self.mode {
+            AttachMode::Tcx => true,
+            AttachMode::Tc => false,
+            AttachMode::Auto => self.resolved.load(Ordering::Relaxed) == RESOLVED_TCX,
+        };
+        if !tcx {
+            // Legacy TC (or auto mode before it settled): one direction
+            // after the other, both or neither.
+            let a = self.attach(iface, Direction::FromPod)?;
+            return match self.attach(iface, Direction::ToPod) {
+                Ok(b) => Ok([a, b]),
+                Err(e) => {
+                    let _ = a.detach();
+                    Err(e)
+                }
+            };
+        }
+        self.attach_tcx_both(iface)
+            .map_err(|source| AttachError::Attach {
+                iface: iface.clone(),
+                direction: Direction::FromPod,
+                mode: AttachMode::Tcx,
+                source,
+            })
     }
 
     fn mode(&self) -> AttachMode {

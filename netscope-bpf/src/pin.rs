@@ -211,6 +211,18 @@ impl PinDir {
     /// [`PinError::NotBpffs`], or the filesystem's error naming the path.
     pub fn prepare(&self) -> Result<(), PinError> {
         use std::os::unix::fs::DirBuilderExt;
+        // Never create directories outside bpffs (under /sys, say, where
+        // bpffs is not mounted): the nearest existing ancestor must be on it.
+        let existing = self
+            .root
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"));
+        if !sys::is_bpffs(existing).map_err(io_err("statfs", existing))? {
+            return Err(PinError::NotBpffs {
+                path: self.root.clone(),
+            });
+        }
         let mut b = std::fs::DirBuilder::new();
         b.recursive(true).mode(0o700);
         b.create(&self.root)
@@ -454,15 +466,19 @@ pub fn adopt_link(
             reason: format!("not a TCX link (link type {})", info.link_type),
         });
     }
-    let name = sys::prog_name_by_id(info.prog_id).unwrap_or_default();
-    if !name.starts_with(crate::PROGRAM_NAME_PREFIX) {
-        return Err(PinError::Foreign {
-            path: path.to_path_buf(),
-            reason: format!(
-                "the link runs another tool's program ({name:?}, id {})",
-                info.prog_id
-            ),
-        });
+    // Reading a program's name by id needs CAP_SYS_ADMIN, which the chart
+    // does not grant: a name that cannot be read is not held against a
+    // TCX link pinned in netscope's own (meta-checked) directory.
+    if let Ok(name) = sys::prog_name_by_id(info.prog_id) {
+        if !name.starts_with(crate::PROGRAM_NAME_PREFIX) {
+            return Err(PinError::Foreign {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "the link runs another tool's program ({name:?}, id {})",
+                    info.prog_id
+                ),
+            });
+        }
     }
     if info.ifindex != ifindex || info.attach_type != tcx_attach_type(direction) {
         // Defunct (ifindex 0: the device is gone) or stale after ifindex
@@ -520,10 +536,12 @@ pub fn cleanup(root: &Path) -> Result<Cleanup, PinError> {
                     tracing::warn!(path = ?p, "not a bpf object: left alone");
                     continue;
                 };
+                // A TCX link in netscope's directory whose program is
+                // netscope's, or whose name cannot be read (no CAP_SYS_ADMIN).
                 let ours = sys::link_info(fd.as_fd()).ok().is_some_and(|i| {
                     i.link_type == libbpf_sys::BPF_LINK_TYPE_TCX
                         && sys::prog_name_by_id(i.prog_id)
-                            .is_ok_and(|n| n.starts_with(crate::PROGRAM_NAME_PREFIX))
+                            .map_or(true, |n| n.starts_with(crate::PROGRAM_NAME_PREFIX))
                 });
                 // A defunct link has no program any more either: its pin
                 // is named like ours and is a TCX link.
@@ -575,7 +593,6 @@ pub fn cleanup(root: &Path) -> Result<Cleanup, PinError> {
 /// # Errors
 /// As [`cleanup`].
 pub fn remove_layout(dir: &Path) -> Result<Cleanup, PinError> {
-    // cleanup() walks every v<N> under a root: give it a root of one.
     let mut out = Cleanup::default();
     let links = dir.join(LINKS);
     if let Ok(ls) = std::fs::read_dir(&links) {
@@ -585,7 +602,10 @@ pub fn remove_layout(dir: &Path) -> Result<Cleanup, PinError> {
                 if sys::link_info(fd.as_fd())
                     .is_ok_and(|i| i.link_type == libbpf_sys::BPF_LINK_TYPE_TCX)
                 {
-                    let _ = sys::link_detach(fd.as_fd());
+                    // Unpinned, not detached: a link the new layout adopted
+                    // is pinned there too (a crash between its re-pin and
+                    // this unlink leaves both pins) and must stay; a link
+                    // pinned only here goes with its last reference.
                     std::fs::remove_file(&p).map_err(io_err("removing", &p))?;
                     out.links.push(p);
                 }

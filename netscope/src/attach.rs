@@ -137,6 +137,24 @@ pub trait Attacher: Send + Sync {
         direction: Direction,
     ) -> Result<Box<dyn Attachment>, AttachError>;
 
+    /// Attaches to both directions of `iface` as one step: both or neither,
+    /// `[FromPod, ToPod]`. The default attaches one after the other and
+    /// undoes the first when the second fails; backends override it to put
+    /// the two attaches back to back.
+    ///
+    /// # Errors
+    /// [`AttachError::Attach`] of the direction that failed.
+    fn attach_both(&self, iface: &Interface) -> Result<[Box<dyn Attachment>; 2], AttachError> {
+        let a = self.attach(iface, Direction::FromPod)?;
+        match self.attach(iface, Direction::ToPod) {
+            Ok(b) => Ok([a, b]),
+            Err(e) => {
+                let _ = a.detach();
+                Err(e)
+            }
+        }
+    }
+
     /// The configured mode (may be [`AttachMode::Auto`]).
     fn mode(&self) -> AttachMode;
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use regex::Regex;
 
 use crate::attach::{AttachError, Attacher, Attachment, Interface};
-use crate::flow::Direction;
 
 /// Default host-side name prefixes of pod interfaces:
 /// - `veth`: generic veth CNIs and newer AWS VPC CNI
@@ -246,22 +245,18 @@ impl Reconciler {
         if !selected {
             return;
         }
-        let mut attachments = Vec::with_capacity(2);
-        for direction in Direction::BOTH {
-            match self.attacher.attach(&link.iface, direction) {
-                Ok(a) => {
-                    tracing::info!(iface = ?link.iface.name, ifindex = link.iface.ifindex, direction = %direction, hook = direction.hook_name(), mode = %a.mode(), "attached");
-                    attachments.push(a);
-                }
-                Err(e) => {
-                    self.attach_failed(&link.iface, &e);
-                    // Both directions or none: undo the half that worked.
-                    for a in attachments.drain(..) {
-                        let _ = a.detach();
-                    }
-                    return;
-                }
+        // Both directions as one step, both or none (issue 15): the
+        // attacher undoes the half that worked.
+        let attachments: Vec<Box<dyn Attachment>> = match self.attacher.attach_both(&link.iface) {
+            Ok(both) => both.into(),
+            Err(e) => {
+                self.attach_failed(&link.iface, &e);
+                return;
             }
+        };
+        for a in &attachments {
+            let direction = a.direction();
+            tracing::info!(iface = ?link.iface.name, ifindex = link.iface.ifindex, direction = %direction, hook = direction.hook_name(), mode = %a.mode(), "attached");
         }
         self.attached_total += 1;
         self.tracked.insert(
@@ -353,6 +348,7 @@ mod tests {
 
     use super::*;
     use crate::attach::AttachMode;
+    use crate::flow::Direction;
 
     fn link(name: &str, ifindex: u32, kind: &str) -> Link {
         Link {

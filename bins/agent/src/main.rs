@@ -225,18 +225,34 @@ fn main() -> Result<()> {
         max_flows: args.max_flows,
         service_cidrs: args.service_cidrs.clone(),
     };
-    let pin = pin_root(&args).map(netscope_bpf::pin::PinDir::new);
-    let capture = Arc::new(match &pin {
-        Some(pin) => {
-            let (capture, how) = Capture::load_pinned(&config, pin).with_context(|| {
-                format!(
-                    "loading the capture program with its maps pinned in {}",
-                    pin.dir().display()
-                )
-            })?;
-            info!(dir = ?pin.dir(), layout = pin.layout(), state = ?how, "flow tables pinned");
-            capture
-        }
+    let mut pin = pin_root(&args).map(netscope_bpf::pin::PinDir::new);
+    let pinned = match &pin {
+        Some(p) => match Capture::load_pinned(&config, p) {
+            Ok((capture, how)) => {
+                info!(dir = ?p.dir(), layout = p.layout(), state = ?how, "flow tables pinned");
+                Some(capture)
+            }
+            // No bpffs where the pins would go: run as without pinning.
+            Err(netscope_bpf::LoadError::Pin(e @ netscope_bpf::pin::PinError::NotBpffs { .. })) => {
+                error!(error = %e, "pinning is off: restarts of this agent lose what it had not reported");
+                None
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "loading the capture program with its maps pinned in {}",
+                        p.dir().display()
+                    )
+                })
+            }
+        },
+        None => None,
+    };
+    if pinned.is_none() {
+        pin = None;
+    }
+    let capture = Arc::new(match pinned {
+        Some(capture) => capture,
         None => {
             info!("pinning is off: the programs are detached on exit");
             Capture::load(&config).context("loading the capture program")?
@@ -446,7 +462,13 @@ fn main() -> Result<()> {
     if let Some(part) = *failed.lock().unwrap_or_else(|p| p.into_inner()) {
         anyhow::bail!("{part} stopped unexpectedly; exiting so that the pod is restarted");
     }
-    if summary.unsent.bytes > 0 {
+    if summary.unsent.bytes > 0 && persist {
+        info!(
+            bytes = summary.unsent.bytes,
+            state_dir = ?args.state_dir,
+            "undelivered bytes are kept in the journal for the next agent"
+        );
+    } else if summary.unsent.bytes > 0 {
         anyhow::bail!(
             "{} bytes could not be delivered before shutdown (see the log above)",
             summary.unsent.bytes

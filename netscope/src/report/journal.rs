@@ -380,12 +380,15 @@ impl Journal {
             let path = path.clone();
             move |source| JournalError::Io { op, path, source }
         };
-        let meta = match std::fs::metadata(&path) {
+        // Not followed: a symlink (to /dev/zero, say) is not a journal.
+        let meta = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("reading")(e)),
         };
-        let reason = if meta.len() > self.max_size() {
+        let reason = if !meta.file_type().is_file() {
+            Some("not a regular file".to_string())
+        } else if meta.len() > self.max_size() {
             Some(format!(
                 "{} bytes, more than {} flows per set can take ({} bytes)",
                 meta.len(),
@@ -393,7 +396,14 @@ impl Journal {
                 self.max_size()
             ))
         } else {
-            let b = std::fs::read(&path).map_err(io("reading"))?;
+            // Never more than the bound, even if the file grows meanwhile.
+            let mut b = Vec::new();
+            std::fs::File::open(&path)
+                .and_then(|f| {
+                    use std::io::Read;
+                    f.take(self.max_size()).read_to_end(&mut b)
+                })
+                .map_err(io("reading"))?;
             match self.decode(&b, node) {
                 Ok(state) => return Ok(Some(state)),
                 Err(reason) => Some(reason),
@@ -545,6 +555,10 @@ mod tests {
             j.load("node-1"),
             Err(JournalError::Corrupt { .. })
         ));
+        // A symlink (here to /dev/zero) is not followed.
+        std::os::unix::fs::symlink("/dev/zero", j.path()).unwrap();
+        let e = j.load("node-1").unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
         // A huge file is refused by its size, never read.
         std::fs::write(j.path(), vec![0u8; 1 << 20]).unwrap();
         let e = j.load("node-1").unwrap_err();
