@@ -25,7 +25,7 @@ test: deps
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test: the kernel tests load BPF programs and create network namespaces: run as root" >&2; exit 1; fi
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast -- --skip vm_kernel_
-	$(CARGO) test -p netscope --no-default-features
+	$(CARGO) test -p netscope
 	@$(MAKE) --no-print-directory test-fuzz-corpus
 	@$(MAKE) --no-print-directory test-helm
 	@$(MAKE) --no-print-directory test-images
@@ -92,9 +92,10 @@ test-fuzz-corpus:
 fuzz: deps
 	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" bash scripts/fuzz.sh
 
-# Library tests only: no root, no clang needed.
+# Library tests only: no root, no clang needed. `cargo test -p netscope`
+# alone builds the crate without its optional features (none is default).
 test-unit:
-	$(CARGO) test -p netscope
+	$(CARGO) test -p netscope --all-features
 
 bench: deps
 	$(CARGO) bench -p netscope-benches

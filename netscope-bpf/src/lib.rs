@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod attach;
+pub mod capture;
 mod collector;
 pub mod datapath;
 pub mod links;
@@ -14,8 +15,13 @@ mod loader;
 pub mod maps;
 mod sys;
 pub mod tcguard;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
+
+/// The capture core's types (flow keys, counters, traits), re-exported so an
+/// embedder needs only this crate and always gets the matching version.
+pub use netscope;
 
 pub use attach::{
     interface, tcx_programs, BpfAttacher, PROGRAM_NAME_PREFIX, TC_HANDLE, TC_PRIORITY,

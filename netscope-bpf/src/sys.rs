@@ -110,6 +110,7 @@ pub fn map_lookup_and_delete_batch(
     }
 }
 
+#[cfg(feature = "testing")]
 /// `BPF_MAP_UPDATE_BATCH` of `count` entries.
 pub fn map_update_batch(
     map: BorrowedFd<'_>,
@@ -405,6 +406,7 @@ impl TcFilter {
     }
 }
 
+#[cfg(feature = "testing")]
 /// `BPF_MAP_GET_NEXT_KEY`: the key after `key` (the first with `None`).
 /// Returns false at the end.
 pub fn map_get_next_key(
@@ -423,6 +425,7 @@ pub fn map_get_next_key(
     }
 }
 
+#[cfg(feature = "testing")]
 /// Ids of every BPF program loaded in the system.
 pub fn all_prog_ids() -> io::Result<Vec<u32>> {
     let mut ids = Vec::new();
