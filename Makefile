@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= report topology custom_endpoints bpf_frame
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-unit test-kernel test-vm test-kernel61 test-helm test-images images docker test-fuzz-corpus fuzz bench demo lint fmt clean
+.PHONY: all deps build test test-unit test-kernel test-vm test-kernel61 test-helm test-images images docker test-fuzz-corpus test-embed test-package test-doc fuzz bench demo lint fmt clean
 
 all: build
 
@@ -26,6 +26,8 @@ test: deps
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast -- --skip vm_kernel_
 	$(CARGO) test -p netscope
+	@$(MAKE) --no-print-directory test-embed
+	@$(MAKE) --no-print-directory test-package
 	@$(MAKE) --no-print-directory test-fuzz-corpus
 	@$(MAKE) --no-print-directory test-helm
 	@$(MAKE) --no-print-directory test-images
@@ -85,6 +87,28 @@ test-images: deps
 # workspace's target directory to share the compiled dependencies.
 test-fuzz-corpus:
 	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$(CURDIR)/target} $(CARGO) test --manifest-path fuzz/Cargo.toml --test replay
+
+# tests/embed/: a crate outside the workspace that embeds netscope-bpf
+# (default features off) as the README shows: its dependency count must stay
+# within 80 crates, and it counts real traffic in two namespaces of its own,
+# exactly against nftables (root). Shares this target directory; about 1 min
+# added to make test on a 2-core machine (its own lockfile, so a few crates
+# in newer versions are compiled once).
+test-embed:
+	cd tests/embed && CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --locked --all-targets
+	@n=$$(cd tests/embed && $(CARGO) tree --locked -e normal --prefix none | sed 's/ (.*//' | sort -u | wc -l) && \
+	  echo "test-embed: the embedding's normal dependency graph holds $$n crates (limit 80)" && \
+	  if [ "$$n" -gt 80 ]; then echo "test-embed: more than 80 crates" >&2; exit 1; fi
+	cd tests/embed && CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) test --locked -- --nocapture
+
+# The two library crates as crates.io would get them: packaged and built
+# from the .crate files (netscope-bpf against the packaged netscope), then
+# cargo's publish checks without uploading (--dry-run; its build would
+# repeat the one just done, hence --no-verify). --allow-dirty: a check of
+# the working tree, not a release.
+test-package:
+	$(CARGO) package --allow-dirty -p netscope -p netscope-bpf
+	$(CARGO) publish --dry-run --no-verify --allow-dirty -p netscope -p netscope-bpf
 
 # Each fuzz target for FUZZ_SECONDS (default 60) with cargo-fuzz on the
 # stable toolchain (scripts/fuzz.sh; installs cargo-fuzz into .tools/).

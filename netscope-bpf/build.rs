@@ -45,6 +45,12 @@ fn main() {
 
     let mut programs = vec!["netscope"];
     if env::var_os("CARGO_FEATURE_TESTING").is_some() {
+        if !Path::new("src/bpf/testprogs.bpf.c").exists() {
+            panic!(
+                "netscope-bpf: the `testing` feature needs the test harness, which only \
+                 netscope's own repository has (the published crate leaves it out)"
+            );
+        }
         programs.push("testprogs");
     }
     for name in programs {
