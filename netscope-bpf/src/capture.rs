@@ -42,7 +42,7 @@ use ipnet::IpNet;
 use netscope::discover::{DiscoverError, InterfaceFilter, Reconciler, DEFAULT_PREFIXES};
 use netscope::{AttachError, AttachMode, CollectError, Collector, Drain, Interface};
 
-use crate::links::LinkWatcher;
+use crate::netlink::LinkWatcher;
 use crate::{BpfAttacher, BpfCollector, Capture, CaptureConfig, LoadError, DEFAULT_MAX_FLOWS};
 
 /// How long the watcher thread waits for link events before it looks at

@@ -10,7 +10,11 @@ mod attach;
 pub mod capture;
 mod collector;
 pub mod datapath;
-pub mod links;
+pub mod netlink;
+/// The old name of [`netlink`] (rtnetlink, not BPF links), kept while other
+/// branches still use it.
+#[doc(hidden)]
+pub use netlink as links;
 mod loader;
 pub mod maps;
 mod sys;

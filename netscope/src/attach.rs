@@ -1,7 +1,6 @@
 //! Attaching the capture program to pod interfaces.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use crate::flow::Direction;
 
@@ -90,19 +89,6 @@ pub enum AttachError {
         /// Mode of the attachment.
         mode: AttachMode,
         /// The kernel's error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Pinning or unpinning a link failed.
-    #[error("pin {path} for {iface} {direction}")]
-    Pin {
-        /// Interface.
-        iface: Interface,
-        /// Direction (hook).
-        direction: Direction,
-        /// bpffs path.
-        path: PathBuf,
-        /// The error.
         #[source]
         source: std::io::Error,
     },

@@ -335,17 +335,7 @@ impl Reconciler {
     }
 }
 
-/// Formats an error with its sources: `a: b: c`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
-}
+pub use crate::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -30,7 +30,9 @@ pub mod flow;
 pub mod nat;
 pub mod report;
 pub mod resolve;
-pub mod resolve_memory;
+/// The old path of [`resolve::memory`].
+#[doc(hidden)]
+pub use resolve::memory as resolve_memory;
 #[cfg(feature = "grpc")]
 pub mod transport;
 
@@ -42,5 +44,18 @@ pub use flow::{Counters, Direction, FlowKey, FlowSample, L4};
 pub use resolve::Resolver;
 
 pub use aggregate::{Aggregator, IngestSink};
+
+/// Formats an error with its chain of sources, `outer: inner: innermost`,
+/// for log lines.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
 pub use report::{InstanceId, Report, ReportBuffer};
-pub use resolve_memory::MemoryResolver;
+pub use resolve::memory::MemoryResolver;

@@ -146,7 +146,7 @@ fn parse(text: &str, path: &Path) -> Result<CustomSet, ResolveError> {
     let raw: RawFile = serde_yaml::from_str(text).map_err(|source| ResolveError::Yaml {
         path: path.to_owned(),
         what: "custom endpoints",
-        source,
+        source: super::YamlError::from_serde(source),
     })?;
     let mut exact: HashMap<IpAddr, (Arc<Endpoint>, EntryRef)> = HashMap::new();
     let mut prefixes: HashMap<IpPrefix, EntryRef> = HashMap::new();

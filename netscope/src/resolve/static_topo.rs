@@ -217,7 +217,7 @@ fn parse(text: &str, path: &Path) -> Result<Parsed, ResolveError> {
         serde_yaml::from_str(text).map_err(|source| ResolveError::Yaml {
             path: path.to_owned(),
             what: "static topology",
-            source,
+            source: super::YamlError::from_serde(source),
         })?
     };
     let empty: Arc<str> = Arc::from("");
