@@ -101,12 +101,15 @@ test-embed:
 	  if [ "$$n" -gt 80 ]; then echo "test-embed: more than 80 crates" >&2; exit 1; fi
 	cd tests/embed && CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) test --locked -- --nocapture
 
-# The two library crates as crates.io would get them: packaged and built
+# The two library crates as crates.io and docs.rs would get them: the API
+# docs without a single rustdoc warning (all features, as docs.rs builds
+# them; missing_docs is denied in both crates), packaged and built
 # from the .crate files (netscope-bpf against the packaged netscope), then
 # cargo's publish checks without uploading (--dry-run; its build would
 # repeat the one just done, hence --no-verify). --allow-dirty: a check of
 # the working tree, not a release.
 test-package:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --all-features -p netscope -p netscope-bpf
 	$(CARGO) package --allow-dirty -p netscope -p netscope-bpf
 	$(CARGO) publish --dry-run --no-verify --allow-dirty -p netscope -p netscope-bpf
 

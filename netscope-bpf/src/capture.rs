@@ -31,7 +31,8 @@
 //!
 //! # Minimum kernel version
 //! Linux 5.10 (legacy TC attachment; TCX from 6.6). Loading needs root or
-//! `CAP_BPF` + `CAP_NET_ADMIN` (+ `CAP_PERFMON` on some kernels).
+//! `CAP_BPF`, `CAP_NET_ADMIN`, `CAP_PERFMON` (and `CAP_SYS_RESOURCE` before
+//! 5.11).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -1,7 +1,7 @@
 //! Legacy TC: stay first, or say so.
 //!
 //! On kernels without TCX (below 6.6) netscope's program is a cls_bpf
-//! filter at priority [`TC_PRIORITY`](crate::attach::TC_PRIORITY) 1, protocol
+//! filter at priority [`TC_PRIORITY`] 1, protocol
 //! all. A CNI's loader (Cilium's `pkg/datapath/loader/tc.go`: priority 1,
 //! handle 1, protocol all) that adds its filter later shares that
 //! priority's classifier, and cls_bpf runs the newest filter of a priority

@@ -1,4 +1,4 @@
-//! Counting every byte once (DESIGN.md §4): the aggregator's core. Pure
+//! Counting every byte once (docs/design.md §4): the aggregator's core. Pure
 //! logic: the caller passes the current time in.
 //!
 //! Every cross-node flow is observed twice: as `FromPod` on the sender's

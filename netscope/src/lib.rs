@@ -16,8 +16,44 @@
 //! gRPC protocol, client and server).
 //!
 //! Everything that needs clang, libbpf or `unsafe` lives in the
-//! `netscope-bpf` crate; this crate builds and tests without either.
-#![warn(missing_docs)]
+//! `netscope-bpf` crate; this crate builds and tests without either. To
+//! capture on a node, use `netscope_bpf::capture::CaptureBuilder`, which
+//! yields the [`Drain`]s this crate describes.
+//!
+//! # Features
+//! None is on by default; each brings what its name says:
+//! - `kube`: the Kubernetes resolver (kube-rs watchers).
+//! - `grpc`: the `netscope.v1` gRPC transport, client and server, the
+//!   agent's reporter driver and the binaries' HTTP endpoints server.
+//! - `conntrack`: undoing Service NAT through the node's conntrack table.
+//! - `prometheus`: the Prometheus exporter and the self-metrics recorder.
+//! - `logging`: the binaries' log setup (`cli::init_logging`).
+//!
+//! # Example
+//! Name the two ends of drained flows and see which cross a zone:
+//!
+//! ```
+//! use std::net::IpAddr;
+//! use std::time::SystemTime;
+//! use netscope::{Counters, Direction, FlowKey, FlowSample, MemoryResolver, Resolver};
+//!
+//! let (a, b): (IpAddr, IpAddr) = ("10.0.1.5".parse().unwrap(), "10.0.2.7".parse().unwrap());
+//! let mut pods = MemoryResolver::new();
+//! pods.add_pod(a, "web-1", "shop", "node-1", "eu-west-1a")
+//!     .add_pod(b, "db-0", "shop", "node-2", "eu-west-1b");
+//! let sample = FlowSample {
+//!     key: FlowKey { src: a, dst: b, direction: Direction::FromPod, l4: None },
+//!     counters: Counters { bytes: 1500, packets: 1 },
+//! };
+//! let now = SystemTime::now();
+//! let (src, dst) = (pods.resolve(sample.key.src, now), pods.resolve(sample.key.dst, now));
+//! assert_ne!(src.zone, dst.zone);
+//! println!("{}/{} -> {}/{}: {} B across zones", src.namespace, src.name, dst.namespace, dst.name, sample.counters.bytes);
+//! ```
+//!
+//! The design notes the documentation cites ("docs/design.md §4") are in
+//! `docs/design.md` of the repository.
+#![deny(missing_docs)]
 
 pub mod aggregate;
 pub mod attach;

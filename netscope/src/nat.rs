@@ -1,4 +1,4 @@
-//! Undoing Service NAT in the agent (DESIGN.md §4).
+//! Undoing Service NAT in the agent (docs/design.md §4).
 //!
 //! kube-proxy DNATs a request to a ClusterIP on the client's node and
 //! un-DNATs the reply there. So on the client pod's interface the request

@@ -67,7 +67,7 @@ pub trait Resolver: Send + Sync {
 
     /// True when a netscope agent is known to run, Ready, on `node`, so that
     /// the node's `ToPod` observations can be trusted (the aggregator's dedup
-    /// rule, DESIGN.md §4).
+    /// rule, docs/design.md §4).
     ///
     /// The Kubernetes backend answers from the API: a node is monitored while
     /// a pod matching the configured agent selector is Running and Ready on
