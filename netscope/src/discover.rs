@@ -231,7 +231,7 @@ impl Reconciler {
                 }
             }
         }
-        metrics::gauge!("netscope_agent_interfaces_attached").set(self.tracked.len() as f64);
+        metrics::gauge!(crate::metrics::AGENT_INTERFACES_ATTACHED).set(self.tracked.len() as f64);
     }
 
     fn added(&mut self, link: &Link) {
@@ -282,7 +282,7 @@ impl Reconciler {
         }
         tracing::error!(error = ?error_chain(e), "attach failed; will retry on the interface's next event");
         *self.errors.entry(iface.name.clone()).or_default() += 1;
-        metrics::counter!("netscope_agent_attach_errors_total").increment(1);
+        metrics::counter!(crate::metrics::AGENT_ATTACH_ERRORS_TOTAL).increment(1);
     }
 
     fn removed(&mut self, ifindex: u32) {
@@ -313,7 +313,7 @@ impl Reconciler {
                 }
             }
         }
-        metrics::gauge!("netscope_agent_interfaces_attached").set(0.0);
+        metrics::gauge!(crate::metrics::AGENT_INTERFACES_ATTACHED).set(0.0);
         errors
     }
 

@@ -63,6 +63,7 @@ pub mod discover;
 pub mod endpoint;
 pub mod export;
 pub mod flow;
+pub mod metrics;
 pub mod nat;
 pub mod report;
 pub mod resolve;

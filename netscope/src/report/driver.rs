@@ -175,11 +175,11 @@ impl Reporter {
         // zero from the start: a dashboard panel or an alert on them then
         // has a series (rate() of a missing series is no data, not zero).
         for name in [
-            "netscope_agent_overflow_bytes_total",
-            "netscope_agent_overflow_packets_total",
-            "netscope_agent_reports_failed_total",
-            "netscope_agent_reports_rejected_total",
-            "netscope_agent_drain_errors_total",
+            crate::metrics::AGENT_OVERFLOW_BYTES_TOTAL,
+            crate::metrics::AGENT_OVERFLOW_PACKETS_TOTAL,
+            crate::metrics::AGENT_REPORTS_FAILED_TOTAL,
+            crate::metrics::AGENT_REPORTS_REJECTED_TOTAL,
+            crate::metrics::AGENT_DRAIN_ERRORS_TOTAL,
         ] {
             metrics::counter!(name).increment(0);
         }
@@ -218,17 +218,17 @@ impl Reporter {
         let mut drain = match self.collector.drain() {
             Ok(d) => d,
             Err(e) => {
-                metrics::counter!("netscope_agent_drain_errors_total").increment(1);
+                metrics::counter!(crate::metrics::AGENT_DRAIN_ERRORS_TOTAL).increment(1);
                 warn!(error = %e, "draining the collector failed; retrying next interval");
                 return;
             }
         };
-        metrics::counter!("netscope_agent_flows_drained_total")
+        metrics::counter!(crate::metrics::AGENT_FLOWS_DRAINED_TOTAL)
             .increment(drain.samples.len() as u64);
         if !drain.overflow.is_zero() {
-            metrics::counter!("netscope_agent_overflow_bytes_total")
+            metrics::counter!(crate::metrics::AGENT_OVERFLOW_BYTES_TOTAL)
                 .increment(drain.overflow.bytes);
-            metrics::counter!("netscope_agent_overflow_packets_total")
+            metrics::counter!(crate::metrics::AGENT_OVERFLOW_PACKETS_TOTAL)
                 .increment(drain.overflow.packets);
         }
         if let Some(t) = self.transform.as_mut() {
@@ -238,9 +238,9 @@ impl Reporter {
         self.last_drain = now;
         let out = self.buffer.add(drain, start, now);
         if out.folded_flows > 0 {
-            metrics::counter!("netscope_agent_report_folded_flows_total")
+            metrics::counter!(crate::metrics::AGENT_REPORT_FOLDED_FLOWS_TOTAL)
                 .increment(out.folded_flows);
-            metrics::counter!("netscope_agent_report_folded_bytes_total")
+            metrics::counter!(crate::metrics::AGENT_REPORT_FOLDED_BYTES_TOTAL)
                 .increment(out.folded.bytes);
             warn!(
                 flows = out.folded_flows,
@@ -249,7 +249,8 @@ impl Reporter {
                 "report buffer full: flows folded into overflow (bytes kept, identity lost)"
             );
         }
-        metrics::gauge!("netscope_agent_buffered_flows").set(self.buffer.buffered_flows() as f64);
+        metrics::gauge!(crate::metrics::AGENT_BUFFERED_FLOWS)
+            .set(self.buffer.buffered_flows() as f64);
     }
 
     /// Sends what is due (the in-flight report, or the pending set as a new
@@ -268,15 +269,15 @@ impl Reporter {
         let res = self.sink.send(report).await;
         let seq = report.seq;
         let samples = report.samples.len();
-        metrics::histogram!("netscope_agent_report_latency_seconds")
+        metrics::histogram!(crate::metrics::AGENT_REPORT_LATENCY_SECONDS)
             .record(started.elapsed().as_secs_f64());
         match res {
             Ok(ack) if ack.seq == seq => {
                 self.buffer.acknowledge(seq);
                 self.failures_in_a_row = 0;
                 self.summary.reports_acked += 1;
-                metrics::counter!("netscope_agent_reports_sent_total").increment(1);
-                metrics::gauge!("netscope_agent_buffered_flows")
+                metrics::counter!(crate::metrics::AGENT_REPORTS_SENT_TOTAL).increment(1);
+                metrics::gauge!(crate::metrics::AGENT_BUFFERED_FLOWS)
                     .set(self.buffer.buffered_flows() as f64);
                 debug!(seq, samples, duplicate = ack.duplicate, "Sent traffic data");
                 Ok(true)
@@ -295,8 +296,10 @@ impl Reporter {
                     if let Some(lost) = self.buffer.discard_in_flight() {
                         let t = lost.total();
                         self.summary.rejected += t;
-                        metrics::counter!("netscope_agent_reports_rejected_total").increment(1);
-                        metrics::counter!("netscope_agent_rejected_bytes_total").increment(t.bytes);
+                        metrics::counter!(crate::metrics::AGENT_REPORTS_REJECTED_TOTAL)
+                            .increment(1);
+                        metrics::counter!(crate::metrics::AGENT_REJECTED_BYTES_TOTAL)
+                            .increment(t.bytes);
                         error!(
                             seq,
                             bytes = t.bytes,
@@ -313,7 +316,7 @@ impl Reporter {
     fn note_failure(&mut self) {
         self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
         self.summary.send_failures += 1;
-        metrics::counter!("netscope_agent_reports_failed_total").increment(1);
+        metrics::counter!(crate::metrics::AGENT_REPORTS_FAILED_TOTAL).increment(1);
     }
 
     /// The delay before the next retry: exponential from
