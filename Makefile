@@ -107,9 +107,17 @@ test-embed:
 # from the .crate files (netscope-bpf against the packaged netscope), then
 # cargo's publish checks without uploading (--dry-run; its build would
 # repeat the one just done, hence --no-verify). --allow-dirty: a check of
-# the working tree, not a release.
+# the working tree, not a release. Cargo treats the packaged netscope that
+# netscope-bpf's check builds against as an immutable registry crate: it
+# does not unpack the same version again (CARGO_HOME's registry/src/-<hash>,
+# a path registry's directory; crates.io's are named after their host) nor
+# rebuild it, so a second run would check against the first run's netscope.
+# Remove that unpacked copy and that one compiled unit first.
 test-package:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --all-features -p netscope -p netscope-bpf
+	rm -rf "$${CARGO_HOME:-$$HOME/.cargo}"/registry/src/-*/netscope-0.1.0
+	@t=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug; for d in $$t/deps/netscope-*.d; do \
+	  if [ -f "$$d" ] && grep -q 'registry/src/-[^/]*/netscope-0.1.0/' "$$d"; then rm -rf "$$t/.fingerprint/$$(basename $$d .d)"; fi; done
 	$(CARGO) package --allow-dirty -p netscope -p netscope-bpf
 	$(CARGO) publish --dry-run --no-verify --allow-dirty -p netscope -p netscope-bpf
 
