@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= report topology custom_endpoints bpf_frame
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-unit test-kernel test-vm test-kernel61 test-helm test-images images docker test-fuzz-corpus fuzz bench demo lint fmt clean
+.PHONY: all deps build test test-unit test-kernel test-vm test-kernel61 test-helm test-images images docker test-fuzz-corpus test-embed test-package test-doc fuzz bench demo lint fmt clean
 
 all: build
 
@@ -25,7 +25,9 @@ test: deps
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make test: the kernel tests load BPF programs and create network namespaces: run as root" >&2; exit 1; fi
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast -- --skip vm_kernel_
-	$(CARGO) test -p netscope --no-default-features
+	$(CARGO) test -p netscope
+	@$(MAKE) --no-print-directory test-embed
+	@$(MAKE) --no-print-directory test-package
 	@$(MAKE) --no-print-directory test-fuzz-corpus
 	@$(MAKE) --no-print-directory test-helm
 	@$(MAKE) --no-print-directory test-images
@@ -86,15 +88,49 @@ test-images: deps
 test-fuzz-corpus:
 	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$(CURDIR)/target} $(CARGO) test --manifest-path fuzz/Cargo.toml --test replay
 
+# tests/embed/: a crate outside the workspace that embeds netscope-bpf
+# (default features off) as the README shows: its dependency count must stay
+# within 80 crates, and it counts real traffic in two namespaces of its own,
+# exactly against nftables (root). Shares this target directory; about 1 min
+# added to make test on a 2-core machine (its own lockfile, so a few crates
+# in newer versions are compiled once).
+test-embed:
+	cd tests/embed && CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) build --locked --all-targets
+	@n=$$(cd tests/embed && $(CARGO) tree --locked -e normal --prefix none | sed 's/ (.*//' | sort -u | wc -l) && \
+	  echo "test-embed: the embedding's normal dependency graph holds $$n crates (limit 80)" && \
+	  if [ "$$n" -gt 80 ]; then echo "test-embed: more than 80 crates" >&2; exit 1; fi
+	cd tests/embed && CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) test --locked -- --nocapture
+
+# The two library crates as crates.io and docs.rs would get them: the API
+# docs without a single rustdoc warning (all features, as docs.rs builds
+# them; missing_docs is denied in both crates), packaged and built
+# from the .crate files (netscope-bpf against the packaged netscope), then
+# cargo's publish checks without uploading (--dry-run; its build would
+# repeat the one just done, hence --no-verify). --allow-dirty: a check of
+# the working tree, not a release. Cargo treats the packaged netscope that
+# netscope-bpf's check builds against as an immutable registry crate: it
+# does not unpack the same version again (CARGO_HOME's registry/src/-<hash>,
+# a path registry's directory; crates.io's are named after their host) nor
+# rebuild it, so a second run would check against the first run's netscope.
+# Remove that unpacked copy and that one compiled unit first.
+test-package:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --all-features -p netscope -p netscope-bpf
+	rm -rf "$${CARGO_HOME:-$$HOME/.cargo}"/registry/src/-*/netscope-0.1.0
+	@t=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug; for d in $$t/deps/netscope-*.d; do \
+	  if [ -f "$$d" ] && grep -q 'registry/src/-[^/]*/netscope-0.1.0/' "$$d"; then rm -rf "$$t/.fingerprint/$$(basename $$d .d)"; fi; done
+	$(CARGO) package --allow-dirty -p netscope -p netscope-bpf
+	$(CARGO) publish --dry-run --no-verify --allow-dirty -p netscope -p netscope-bpf
+
 # Each fuzz target for FUZZ_SECONDS (default 60) with cargo-fuzz on the
 # stable toolchain (scripts/fuzz.sh; installs cargo-fuzz into .tools/).
 # FUZZ_TARGETS picks targets; bpf_frame needs root.
 fuzz: deps
 	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" bash scripts/fuzz.sh
 
-# Library tests only: no root, no clang needed.
+# Library tests only: no root, no clang needed. `cargo test -p netscope`
+# alone builds the crate without its optional features (none is default).
 test-unit:
-	$(CARGO) test -p netscope
+	$(CARGO) test -p netscope --all-features
 
 bench: deps
 	$(CARGO) bench -p netscope-benches

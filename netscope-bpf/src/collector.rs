@@ -232,9 +232,9 @@ impl Collector for BpfCollector {
         }
         // Fill of the table just drained: how close the interval came to
         // overflowing (1.0 = full; then see the overflow counters).
-        metrics::gauge!("netscope_agent_flow_table_fill_ratio")
+        metrics::gauge!(netscope::metrics::AGENT_FLOW_TABLE_FILL_RATIO)
             .set(drain.samples.len() as f64 / f64::from(cap.capacity.max(1)));
-        metrics::gauge!("netscope_agent_flow_table_capacity").set(f64::from(cap.capacity));
+        metrics::gauge!(netscope::metrics::AGENT_FLOW_TABLE_CAPACITY).set(f64::from(cap.capacity));
         Ok(Staged {
             drain,
             epoch,

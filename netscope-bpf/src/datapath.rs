@@ -90,9 +90,9 @@ pub fn foreign_ingress(
 pub fn report_foreign_ingress(filter: &InterfaceFilter, netscope_ids: &[u32]) {
     match foreign_ingress(filter, netscope_ids) {
         Ok(f) => {
-            metrics::gauge!("netscope_agent_foreign_ingress_programs", "links" => "host")
+            metrics::gauge!(netscope::metrics::AGENT_FOREIGN_INGRESS_PROGRAMS, "links" => "host")
                 .set(f.host_programs() as f64);
-            metrics::gauge!("netscope_agent_foreign_ingress_programs", "links" => "pod")
+            metrics::gauge!(netscope::metrics::AGENT_FOREIGN_INGRESS_PROGRAMS, "links" => "pod")
                 .set(f.pod_programs() as f64);
             if f.host_links.is_empty() && f.pod_links.is_empty() {
                 tracing::info!("no other BPF program on any link's ingress: packets into pods pass the host-side egress hook");

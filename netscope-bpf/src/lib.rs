@@ -4,19 +4,57 @@
 //!
 //! This is the only netscope crate that needs clang at build time and uses
 //! `unsafe` (all of it in `sys`, behind safe wrappers).
-#![warn(missing_docs)]
+//!
+//! Most embedders need only [`capture`]: a builder that loads the program,
+//! follows pod links and drains exact per-flow counters.
+//!
+//! ```no_run
+//! use netscope_bpf::capture::CaptureBuilder;
+//!
+//! # fn main() -> Result<(), netscope_bpf::capture::CaptureError> {
+//! let mut capture = CaptureBuilder::new().start()?; // needs root or CAP_BPF + CAP_NET_ADMIN
+//! std::thread::sleep(std::time::Duration::from_secs(1));
+//! for s in capture.drain()?.samples {
+//!     println!("{} -> {} {}: {} B", s.key.src, s.key.dst, s.key.direction, s.counters.bytes);
+//! }
+//! capture.stop()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Build requirements
+//! clang and the kernel's UAPI headers (`asm/types.h`; Debian: `clang`,
+//! `linux-libc-dev`). `CLANG` picks the compiler, `NETSCOPE_BPF_INCLUDE` the
+//! header directory when it is not where clang or cc say.
+//!
+//! # Minimum kernel version
+//! Linux 5.10 with legacy TC attachment; TCX needs 6.6 (auto mode falls
+//! back). BTF is not required. Loading needs root, or the Helm chart's set:
+//! `CAP_BPF`, `CAP_NET_ADMIN`, `CAP_PERFMON`, and `CAP_SYS_RESOURCE` before
+//! 5.11 (to raise `RLIMIT_MEMLOCK`).
+#![deny(missing_docs)]
 
 mod attach;
+pub mod capture;
 mod collector;
 pub mod datapath;
-pub mod links;
+pub mod netlink;
+/// The old name of [`netlink`] (rtnetlink, not BPF links), kept while other
+/// branches still use it.
+#[doc(hidden)]
+pub use netlink as links;
 mod loader;
 pub mod maps;
 pub mod pin;
 mod sys;
 pub mod tcguard;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
+
+/// The capture core's types (flow keys, counters, traits), re-exported so an
+/// embedder needs only this crate and always gets the matching version.
+pub use netscope;
 
 pub use attach::{
     interface, remove_tc_filters, tcx_programs, BpfAttacher, PROGRAM_NAME_PREFIX, TC_HANDLE,

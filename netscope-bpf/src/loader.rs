@@ -464,6 +464,7 @@ impl Capture {
         self.prog_ids[direction.as_raw() as usize]
     }
 
+    #[cfg(feature = "testing")]
     /// The table the program writes to now: (index, fd).
     pub(crate) fn active_table(&self) -> (usize, BorrowedFd<'_>) {
         let i = self.state.lock().unwrap_or_else(|p| p.into_inner()).active;

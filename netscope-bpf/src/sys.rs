@@ -1,6 +1,8 @@
 //! The one place that calls libbpf-sys directly. Every function here is safe
-//! to call: it checks buffer sizes against what the kernel will write before
-//! handing pointers over.
+//! to call: the map functions check the caller's buffers against the sizes
+//! the kernel reports for the map (`BPF_OBJ_GET_INFO_BY_FD`) before handing
+//! pointers over, and answer `InvalidInput` when they do not fit; the others
+//! pass the lengths of the slices they are given.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -22,13 +24,86 @@ pub fn possible_cpus() -> io::Result<usize> {
     check(n).map(|n| n as usize)
 }
 
-/// `BPF_MAP_UPDATE_ELEM`. `value` must be the map's full value size (for
+/// What one element of a map takes in a user buffer, as the kernel reads or
+/// writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MapLayout {
+    /// `key_size`.
+    key: usize,
+    /// `value_size`, or for per-CPU maps `possible_cpus * round_up(value_size, 8)`.
+    value: usize,
+}
+
+/// The map's layout from the kernel's own description of it.
+fn map_layout(map: BorrowedFd<'_>) -> io::Result<MapLayout> {
+    let mut info = libbpf_sys::bpf_map_info::default();
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_map_info>() as u32;
+    // SAFETY: info is a writable bpf_map_info and len its size; the kernel
+    // writes at most len bytes.
+    let ret = unsafe { libbpf_sys::bpf_map_get_info_by_fd(map.as_raw_fd(), &mut info, &mut len) };
+    check(ret)?;
+    let per_cpu = matches!(
+        info.type_,
+        libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH
+            | libbpf_sys::BPF_MAP_TYPE_PERCPU_ARRAY
+            | libbpf_sys::BPF_MAP_TYPE_LRU_PERCPU_HASH
+            | libbpf_sys::BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE
+    );
+    let value = if per_cpu {
+        (info.value_size as usize).next_multiple_of(8) * possible_cpus()?
+    } else {
+        info.value_size as usize
+    };
+    Ok(MapLayout {
+        key: info.key_size as usize,
+        value,
+    })
+}
+
+fn too_small(what: &str, have: usize, need: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what} buffer of {have} bytes; the map needs {need}"),
+    )
+}
+
+/// Checks that `key` and `value` buffers hold `n` elements of `map`.
+fn check_fit(map: BorrowedFd<'_>, key: usize, value: usize, n: usize) -> io::Result<MapLayout> {
+    let l = map_layout(map)?;
+    let (need_k, need_v) = (l.key.saturating_mul(n), l.value.saturating_mul(n));
+    if key < need_k {
+        return Err(too_small("key", key, need_k));
+    }
+    if value < need_v {
+        return Err(too_small("value", value, need_v));
+    }
+    Ok(l)
+}
+
+/// Checks the strides a batch caller uses against the map's own.
+fn check_strides(l: MapLayout, key_size: usize, value_size: usize) -> io::Result<()> {
+    if key_size != l.key || value_size != l.value {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "batch strides {key_size}/{value_size} bytes; the map's are {}/{}",
+                l.key, l.value
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `BPF_MAP_UPDATE_ELEM`. `value` must hold the map's full value size (for
 /// per-CPU maps: `possible_cpus * round_up(value_size, 8)`).
+///
+/// # Errors
+/// `InvalidInput` when a buffer is smaller than the map's key or value; the
+/// kernel's error otherwise.
 pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
-    // SAFETY: the kernel reads key_size bytes from key and value_size bytes
-    // (times CPUs for per-CPU maps) from value; callers pass buffers of exactly
-    // those sizes, as the map was created with them (checked in the callers'
-    // constructors against the map's info).
+    check_fit(map, key.len(), value.len(), 1)?;
+    // SAFETY: the kernel reads key_size bytes from key and the (per-CPU)
+    // value size from value; check_fit verified both buffers hold that much.
     let ret = unsafe {
         libbpf_sys::bpf_map_update_elem(
             map.as_raw_fd(),
@@ -41,8 +116,12 @@ pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> 
 }
 
 /// `BPF_MAP_LOOKUP_ELEM` into `value`. Returns false when the key is absent.
+///
+/// # Errors
+/// As [`map_update`].
 pub fn map_lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
-    // SAFETY: as for map_update; value is writable and of the map's value size.
+    check_fit(map, key.len(), value.len(), 1)?;
+    // SAFETY: as for map_update; value is writable and holds the map's value.
     let ret = unsafe {
         libbpf_sys::bpf_map_lookup_elem(
             map.as_raw_fd(),
@@ -69,11 +148,9 @@ pub fn map_lookup_and_delete_batch(
     values: &mut [u8],
     value_size: usize,
 ) -> io::Result<(usize, bool)> {
-    let slots = keys.len() / key_size;
-    assert!(
-        values.len() >= slots * value_size,
-        "value buffer smaller than key buffer"
-    );
+    let slots = keys.len().checked_div(key_size).unwrap_or(0);
+    let layout = check_fit(map, keys.len(), values.len(), slots)?;
+    check_strides(layout, key_size, value_size)?;
     let mut count = u32::try_from(slots).unwrap_or(u32::MAX);
     let mut out_batch = [0u8; 8];
     let mut in_batch = token.unwrap_or([0; 8]);
@@ -86,8 +163,8 @@ pub fn map_lookup_and_delete_batch(
         sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
         ..Default::default()
     };
-    // SAFETY: keys/values have room for `count` entries of key_size/value_size
-    // (checked above); the batch tokens of hash maps are 4 bytes, arrays' too,
+    // SAFETY: keys/values have room for `count` entries of the map's own key
+    // and value sizes (check_fit, check_strides); the batch tokens of hash maps are 4 bytes, arrays' too,
     // and both buffers are 8; opts is a valid, sized struct.
     let ret = unsafe {
         libbpf_sys::bpf_map_lookup_and_delete_batch(
@@ -110,6 +187,7 @@ pub fn map_lookup_and_delete_batch(
     }
 }
 
+#[cfg(feature = "testing")]
 /// `BPF_MAP_UPDATE_BATCH` of `count` entries.
 pub fn map_update_batch(
     map: BorrowedFd<'_>,
@@ -118,12 +196,10 @@ pub fn map_update_batch(
     values: &[u8],
     value_size: usize,
 ) -> io::Result<()> {
-    let n = keys.len() / key_size;
-    assert!(
-        values.len() >= n * value_size,
-        "value buffer smaller than key buffer"
-    );
-    let mut count = n as u32;
+    let n = keys.len().checked_div(key_size).unwrap_or(0);
+    let layout = check_fit(map, keys.len(), values.len(), n)?;
+    check_strides(layout, key_size, value_size)?;
+    let mut count = u32::try_from(n).unwrap_or(u32::MAX);
     let opts = libbpf_sys::bpf_map_batch_opts {
         sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
         ..Default::default()
@@ -405,6 +481,7 @@ impl TcFilter {
     }
 }
 
+#[cfg(feature = "testing")]
 /// `BPF_MAP_GET_NEXT_KEY`: the key after `key` (the first with `None`).
 /// Returns false at the end.
 pub fn map_get_next_key(
@@ -412,8 +489,12 @@ pub fn map_get_next_key(
     key: Option<&[u8]>,
     next: &mut [u8],
 ) -> io::Result<bool> {
+    let layout = check_fit(map, next.len(), usize::MAX, 1)?;
+    if let Some(k) = key.filter(|k| k.len() < layout.key) {
+        return Err(too_small("key", k.len(), layout.key));
+    }
     let kp = key.map_or(std::ptr::null(), |k| k.as_ptr().cast());
-    // SAFETY: key (if any) and next are buffers of the map's key size.
+    // SAFETY: key (if any) and next hold the map's key size (checked above).
     let ret =
         unsafe { libbpf_sys::bpf_map_get_next_key(map.as_raw_fd(), kp, next.as_mut_ptr().cast()) };
     match check(ret) {
@@ -423,6 +504,7 @@ pub fn map_get_next_key(
     }
 }
 
+#[cfg(feature = "testing")]
 /// Ids of every BPF program loaded in the system.
 pub fn all_prog_ids() -> io::Result<Vec<u32>> {
     let mut ids = Vec::new();
@@ -622,11 +704,9 @@ pub fn map_lookup_batch(
     values: &mut [u8],
     value_size: usize,
 ) -> io::Result<(usize, bool)> {
-    let slots = keys.len() / key_size;
-    assert!(
-        values.len() >= slots * value_size,
-        "value buffer smaller than key buffer"
-    );
+    let slots = keys.len().checked_div(key_size).unwrap_or(0);
+    let layout = check_fit(map, keys.len(), values.len(), slots)?;
+    check_strides(layout, key_size, value_size)?;
     let mut count = u32::try_from(slots).unwrap_or(u32::MAX);
     let mut out_batch = [0u8; 8];
     let mut in_batch = token.unwrap_or([0; 8]);
@@ -640,7 +720,8 @@ pub fn map_lookup_batch(
         ..Default::default()
     };
     // SAFETY: as in map_lookup_and_delete_batch: keys/values have room for
-    // `count` entries, the 8-byte tokens hold the kernel's 4-byte ones.
+    // `count` entries of the map's own key and value sizes (check_fit,
+    // check_strides), the 8-byte tokens hold the kernel's 4-byte ones.
     let ret = unsafe {
         libbpf_sys::bpf_map_lookup_batch(
             map.as_raw_fd(),
@@ -659,5 +740,59 @@ pub fn map_lookup_batch(
         }
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((count as usize, true)),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// A kernel map of our own (needs root or CAP_BPF).
+    fn map(map_type: libbpf_sys::bpf_map_type, key: u32, value: u32) -> OwnedFd {
+        // SAFETY: a null name and null opts are allowed; the returned fd is
+        // checked and owned from here on.
+        let fd = unsafe {
+            libbpf_sys::bpf_map_create(map_type, std::ptr::null(), key, value, 4, std::ptr::null())
+        };
+        let fd = check(fd).unwrap_or_else(|e| panic!("creating a test map (root?): {e}"));
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    #[test]
+    fn buffers_smaller_than_the_map_are_refused() {
+        let hash = map(libbpf_sys::BPF_MAP_TYPE_HASH, 8, 16);
+        let fd = hash.as_fd();
+        let err = map_lookup(fd, &[0; 4], &mut [0; 16]).expect_err("short key accepted");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        let err = map_update(fd, &[0; 8], &[0; 15], 0).expect_err("short value accepted");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        map_update(fd, &[1; 8], &[7; 16], 0).expect("fitting update");
+        let mut v = [0u8; 16];
+        assert!(map_lookup(fd, &[1; 8], &mut v).expect("fitting lookup"));
+        assert_eq!(v, [7; 16]);
+
+        // Per-CPU: a lookup writes every possible CPU's (8-aligned) value.
+        let percpu = map(libbpf_sys::BPF_MAP_TYPE_PERCPU_ARRAY, 4, 12);
+        let need = 16 * possible_cpus().expect("possible CPUs");
+        let mut short = vec![0u8; need - 1];
+        let err = map_lookup(percpu.as_fd(), &[0; 4], &mut short).expect_err("one CPU's value");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        let mut full = vec![0u8; need];
+        assert!(map_lookup(percpu.as_fd(), &[0; 4], &mut full).expect("fitting lookup"));
+
+        // Batch strides must be the map's own.
+        let (mut keys, mut values) = (vec![0u8; 4 * 8], vec![0u8; 4 * 16]);
+        let err = map_lookup_and_delete_batch(fd, &mut None, &mut keys, 8, &mut values[..63], 16)
+            .expect_err("short value batch accepted");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        let err = map_lookup_and_delete_batch(fd, &mut None, &mut keys, 4, &mut values, 8)
+            .expect_err("wrong strides accepted");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        let (n, _) = map_lookup_and_delete_batch(fd, &mut None, &mut keys, 8, &mut values, 16)
+            .expect("fitting batch");
+        assert_eq!(n, 1, "the one element");
+        assert_eq!(&values[..16], &[7; 16]);
     }
 }

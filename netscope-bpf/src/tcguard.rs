@@ -1,7 +1,7 @@
 //! Legacy TC: stay first, or say so.
 //!
 //! On kernels without TCX (below 6.6) netscope's program is a cls_bpf
-//! filter at priority [`TC_PRIORITY`](crate::attach::TC_PRIORITY) 1, protocol
+//! filter at priority [`TC_PRIORITY`] 1, protocol
 //! all. A CNI's loader (Cilium's `pkg/datapath/loader/tc.go`: priority 1,
 //! handle 1, protocol all) that adds its filter later shares that
 //! priority's classifier, and cls_bpf runs the newest filter of a priority
@@ -291,7 +291,7 @@ fn publish_not_first(st: &mut State) {
         .values()
         .filter(|g| g.blind_since.is_some())
         .count() as u64;
-    metrics::gauge!("netscope_agent_tc_hooks_not_first").set(st.stats.not_first as f64);
+    metrics::gauge!(netscope::metrics::AGENT_TC_HOOKS_NOT_FIRST).set(st.stats.not_first as f64);
 }
 
 /// Checks one hook and restores netscope's place when needed. `event` is
@@ -333,7 +333,7 @@ fn check(shared: &Shared, st: &mut State, key: (u32, bool), event: Instant) {
             }
             if g.blind_since.is_none() {
                 st.stats.preempted += 1;
-                metrics::counter!("netscope_agent_tc_preempted_total").increment(1);
+                metrics::counter!(netscope::metrics::AGENT_TC_PREEMPTED_TOTAL).increment(1);
             }
             false
         }
@@ -341,7 +341,7 @@ fn check(shared: &Shared, st: &mut State, key: (u32, bool), event: Instant) {
             tracing::warn!(iface = ?g.name, ifindex, hook, "netscope's tc filter was removed by someone else; attaching it again");
             if g.blind_since.is_none() {
                 st.stats.reattached += 1;
-                metrics::counter!("netscope_agent_tc_reattached_total").increment(1);
+                metrics::counter!(netscope::metrics::AGENT_TC_REATTACHED_TOTAL).increment(1);
             }
             true
         }
@@ -398,7 +398,7 @@ fn check(shared: &Shared, st: &mut State, key: (u32, bool), event: Instant) {
         }
     } else {
         st.stats.failed += 1;
-        metrics::counter!("netscope_agent_tc_restore_failures_total").increment(1);
+        metrics::counter!(netscope::metrics::AGENT_TC_RESTORE_FAILURES_TOTAL).increment(1);
         match res {
             Err(e) => {
                 tracing::error!(iface = ?g.name, ifindex, hook, error = %e, "could not put netscope's tc filter back at the head: this hook is blind")
@@ -419,7 +419,7 @@ fn finish(st: &mut State) {
 /// counters are integers, and most intervals are below a second.
 fn add_blind(stats: &mut TcGuardStats, d: Duration) {
     stats.blind_seconds += d.as_secs_f64();
-    metrics::counter!("netscope_agent_tc_blind_microseconds_total")
+    metrics::counter!(netscope::metrics::AGENT_TC_BLIND_MICROSECONDS_TOTAL)
         .increment(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
 }
 

@@ -1,4 +1,4 @@
-//! Counting every byte once (DESIGN.md §4): the aggregator's core. Pure
+//! Counting every byte once (docs/design.md §4): the aggregator's core. Pure
 //! logic: the caller passes the current time in.
 //!
 //! Every cross-node flow is observed twice: as `FromPod` on the sender's
@@ -312,7 +312,8 @@ impl DedupTable {
         self.unlink(i);
         self.push_newest(i);
         if &*first_node != node {
-            metrics::counter!("netscope_aggregator_node_identity_conflicts_total").increment(1);
+            metrics::counter!(crate::metrics::AGGREGATOR_NODE_IDENTITY_CONFLICTS_TOTAL)
+                .increment(1);
             warn!(
                 instance = %instance,
                 first = ?first_node,
@@ -323,7 +324,8 @@ impl DedupTable {
             if ns.current != Some(instance) {
                 // An older instance speaks again after a newer one appeared:
                 // two live agents claim one node.
-                metrics::counter!("netscope_aggregator_node_identity_conflicts_total").increment(1);
+                metrics::counter!(crate::metrics::AGGREGATOR_NODE_IDENTITY_CONFLICTS_TOTAL)
+                    .increment(1);
                 warn!(
                     node = ?node,
                     instance = %instance,
@@ -381,7 +383,7 @@ impl DedupTable {
         if let Some(old) = evict {
             if let Some(&j) = self.index.get(&old) {
                 if let Some(st) = self.remove_slot(j) {
-                    metrics::counter!("netscope_aggregator_instances_evicted_early_total", "reason" => "per_node")
+                    metrics::counter!(crate::metrics::AGGREGATOR_INSTANCES_EVICTED_EARLY_TOTAL, "reason" => "per_node")
                         .increment(1);
                     warn!(
                         node = ?st.node,
@@ -392,7 +394,7 @@ impl DedupTable {
                 }
             }
         }
-        metrics::gauge!("netscope_aggregator_agent_instances").set(self.index.len() as f64);
+        metrics::gauge!(crate::metrics::AGGREGATOR_AGENT_INSTANCES).set(self.index.len() as f64);
     }
 
     /// Forgets idle instances from the least recent end; if the table is
@@ -413,7 +415,7 @@ impl DedupTable {
         if self.index.len() >= self.config.max_instances.max(1) {
             if let Some(st) = self.remove_slot(self.oldest) {
                 evicted += 1;
-                metrics::counter!("netscope_aggregator_instances_evicted_early_total", "reason" => "table_full")
+                metrics::counter!(crate::metrics::AGGREGATOR_INSTANCES_EVICTED_EARLY_TOTAL, "reason" => "table_full")
                     .increment(1);
                 warn!(
                     instance = %st.id,
@@ -668,7 +670,7 @@ impl IngestSink for Aggregator {
         match self.check_replay(&report, now) {
             SeqCheck::New => {}
             SeqCheck::TooFarAhead { highest } => {
-                metrics::counter!("netscope_aggregator_reports_total", "result" => "seq_jump")
+                metrics::counter!(crate::metrics::AGGREGATOR_REPORTS_TOTAL, "result" => "seq_jump")
                     .increment(1);
                 return IngestOutcome {
                     refused: Some(IngestRefusal::SequenceJump {
@@ -686,7 +688,7 @@ impl IngestSink for Aggregator {
                 } else {
                     "too_old"
                 };
-                metrics::counter!("netscope_aggregator_reports_total", "result" => reason)
+                metrics::counter!(crate::metrics::AGGREGATOR_REPORTS_TOTAL, "result" => reason)
                     .increment(1);
                 debug!(
                     node = ?report.node,
@@ -706,10 +708,11 @@ impl IngestSink for Aggregator {
         for e in &self.exporters {
             e.export(&flows);
         }
-        metrics::counter!("netscope_aggregator_reports_total", "result" => "counted").increment(1);
-        metrics::counter!("netscope_aggregator_samples_total", "result" => "counted")
+        metrics::counter!(crate::metrics::AGGREGATOR_REPORTS_TOTAL, "result" => "counted")
+            .increment(1);
+        metrics::counter!(crate::metrics::AGGREGATOR_SAMPLES_TOTAL, "result" => "counted")
             .increment(flows.len() as u64);
-        metrics::counter!("netscope_aggregator_samples_total", "result" => "other_view")
+        metrics::counter!(crate::metrics::AGGREGATOR_SAMPLES_TOTAL, "result" => "other_view")
             .increment(counts.other_view as u64);
         if counts.link_local > 0 {
             metrics::counter!("netscope_aggregator_samples_total", "result" => "link_local")
@@ -718,7 +721,7 @@ impl IngestSink for Aggregator {
                 .increment(counts.link_local_bytes);
         }
         if counts.wrong_node > 0 {
-            metrics::counter!("netscope_aggregator_dropped_samples_total", "reason" => "wrong_node")
+            metrics::counter!(crate::metrics::AGGREGATOR_DROPPED_SAMPLES_TOTAL, "reason" => "wrong_node")
                 .increment(counts.wrong_node as u64);
             warn!(
                 node = ?report.node,
@@ -735,13 +738,13 @@ impl IngestSink for Aggregator {
             } else {
                 String::from(OTHER_NODE)
             };
-            metrics::counter!("netscope_aggregator_overflow_bytes_total", "node" => node.clone())
+            metrics::counter!(crate::metrics::AGGREGATOR_OVERFLOW_BYTES_TOTAL, "node" => node.clone())
                 .increment(report.overflow.bytes);
-            metrics::counter!("netscope_aggregator_overflow_packets_total", "node" => node)
+            metrics::counter!(crate::metrics::AGGREGATOR_OVERFLOW_PACKETS_TOTAL, "node" => node)
                 .increment(report.overflow.packets);
         }
         if !monitored {
-            metrics::counter!("netscope_aggregator_reports_from_unmonitored_nodes_total")
+            metrics::counter!(crate::metrics::AGGREGATOR_REPORTS_FROM_UNMONITORED_NODES_TOTAL)
                 .increment(1);
             debug!(node = ?report.node, "report from a node not known as monitored");
         }

@@ -1,7 +1,6 @@
 //! Attaching the capture program to pod interfaces.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use crate::flow::Direction;
 
@@ -93,15 +92,15 @@ pub enum AttachError {
         #[source]
         source: std::io::Error,
     },
-    /// Pinning or unpinning a link failed.
-    #[error("pin {path} for {iface} {direction}")]
+    /// Pinning or unpinning a link in bpffs failed.
+    #[error("pin {} for {iface} {direction}", path.display())]
     Pin {
         /// Interface.
         iface: Interface,
         /// Direction (hook).
         direction: Direction,
         /// bpffs path.
-        path: PathBuf,
+        path: std::path::PathBuf,
         /// The error.
         #[source]
         source: std::io::Error,

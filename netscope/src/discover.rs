@@ -230,7 +230,7 @@ impl Reconciler {
                 }
             }
         }
-        metrics::gauge!("netscope_agent_interfaces_attached").set(self.tracked.len() as f64);
+        metrics::gauge!(crate::metrics::AGENT_INTERFACES_ATTACHED).set(self.tracked.len() as f64);
     }
 
     fn added(&mut self, link: &Link) {
@@ -277,7 +277,7 @@ impl Reconciler {
         }
         tracing::error!(error = ?error_chain(e), "attach failed; will retry on the interface's next event");
         *self.errors.entry(iface.name.clone()).or_default() += 1;
-        metrics::counter!("netscope_agent_attach_errors_total").increment(1);
+        metrics::counter!(crate::metrics::AGENT_ATTACH_ERRORS_TOTAL).increment(1);
     }
 
     fn removed(&mut self, ifindex: u32) {
@@ -308,7 +308,7 @@ impl Reconciler {
                 }
             }
         }
-        metrics::gauge!("netscope_agent_interfaces_attached").set(0.0);
+        metrics::gauge!(crate::metrics::AGENT_INTERFACES_ATTACHED).set(0.0);
         errors
     }
 
@@ -330,17 +330,7 @@ impl Reconciler {
     }
 }
 
-/// Formats an error with its sources: `a: b: c`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
-}
+pub use crate::error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -141,9 +141,4 @@ impl Endpoint {
             })
             .clone()
     }
-
-    /// True when the zone is known.
-    pub fn has_zone(&self) -> bool {
-        !self.zone.is_empty()
-    }
 }

@@ -1,4 +1,4 @@
-//! Undoing Service NAT in the agent (DESIGN.md §4).
+//! Undoing Service NAT in the agent (docs/design.md §4).
 //!
 //! kube-proxy DNATs a request to a ClusterIP on the client's node and
 //! un-DNATs the reply there. So on the client pod's interface the request
@@ -254,11 +254,11 @@ impl<L: ConntrackLookup> ServiceNat<L> {
             .filter_map(|key| merged.get(&key).map(|c| FlowSample { key, counters: *c }))
             .collect();
         stats.samples_out = out.len();
-        metrics::counter!("netscope_agent_nat_resolved_total").increment(stats.resolved);
-        metrics::counter!("netscope_agent_nat_unresolved_total").increment(stats.unresolved);
-        metrics::counter!("netscope_agent_nat_unresolved_bytes_total")
+        metrics::counter!(crate::metrics::AGENT_NAT_RESOLVED_TOTAL).increment(stats.resolved);
+        metrics::counter!(crate::metrics::AGENT_NAT_UNRESOLVED_TOTAL).increment(stats.unresolved);
+        metrics::counter!(crate::metrics::AGENT_NAT_UNRESOLVED_BYTES_TOTAL)
             .increment(stats.unresolved_counters.bytes);
-        metrics::counter!("netscope_agent_nat_lookup_errors_total").increment(stats.errors);
+        metrics::counter!(crate::metrics::AGENT_NAT_LOOKUP_ERRORS_TOTAL).increment(stats.errors);
         if stats.unresolved > 0 {
             tracing::debug!(
                 unresolved = stats.unresolved,

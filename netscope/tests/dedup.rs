@@ -1,4 +1,4 @@
-//! The counting-once rule of DESIGN.md §4, as a table: every byte of every
+//! The counting-once rule of docs/design.md §4, as a table: every byte of every
 //! flow is counted exactly once, from the observation the rule picks.
 
 mod common;

@@ -42,11 +42,11 @@ use super::{Exporter, ResolvedFlow};
 use crate::flow::Direction;
 
 /// Counter: flow-log records dropped because the queue was full.
-pub const FLOW_LOG_DROPPED: &str = "netscope_flow_log_records_dropped_total";
+pub const FLOW_LOG_DROPPED: &str = crate::metrics::FLOW_LOG_RECORDS_DROPPED_TOTAL;
 /// Counter: flow-log records written.
-pub const FLOW_LOG_WRITTEN: &str = "netscope_flow_log_records_written_total";
+pub const FLOW_LOG_WRITTEN: &str = crate::metrics::FLOW_LOG_RECORDS_WRITTEN_TOTAL;
 /// Counter: failed writes or flushes of the flow-log output.
-pub const FLOW_LOG_WRITE_ERRORS: &str = "netscope_flow_log_write_errors_total";
+pub const FLOW_LOG_WRITE_ERRORS: &str = crate::metrics::FLOW_LOG_WRITE_ERRORS_TOTAL;
 
 /// Which flows are logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -117,9 +117,9 @@ pub mod names {
     pub const CROSS_ZONE_COST: &str = "netscope_cross_zone_cost_microdollars_total";
     /// Flows whose labels were folded into `other` by the cardinality guard.
     /// Label: `level` (`pod`, `workload`, `zone`).
-    pub const FOLDED_FLOWS: &str = "netscope_exporter_folded_flows_total";
+    pub const FOLDED_FLOWS: &str = crate::metrics::EXPORTER_FOLDED_FLOWS_TOTAL;
     /// Gauge: label sets the exporter currently tracks, per `level`.
-    pub const SERIES: &str = "netscope_exporter_series";
+    pub const SERIES: &str = crate::metrics::EXPORTER_SERIES;
 }
 
 /// Labels of the pod-level (seed) metrics, in order.

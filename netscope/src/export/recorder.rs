@@ -187,6 +187,7 @@ impl RecorderBuilder {
         let recorder = self.build()?;
         let handle = recorder.handle();
         metrics::set_global_recorder(recorder).map_err(|_| RecorderError::AlreadyInstalled)?;
+        crate::metrics::describe();
         Ok(handle)
     }
 }

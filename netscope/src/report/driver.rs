@@ -247,11 +247,11 @@ impl Reporter {
         // zero from the start: a dashboard panel or an alert on them then
         // has a series (rate() of a missing series is no data, not zero).
         for name in [
-            "netscope_agent_overflow_bytes_total",
-            "netscope_agent_overflow_packets_total",
-            "netscope_agent_reports_failed_total",
-            "netscope_agent_reports_rejected_total",
-            "netscope_agent_drain_errors_total",
+            crate::metrics::AGENT_OVERFLOW_BYTES_TOTAL,
+            crate::metrics::AGENT_OVERFLOW_PACKETS_TOTAL,
+            crate::metrics::AGENT_REPORTS_FAILED_TOTAL,
+            crate::metrics::AGENT_REPORTS_REJECTED_TOTAL,
+            crate::metrics::AGENT_DRAIN_ERRORS_TOTAL,
         ] {
             metrics::counter!(name).increment(0);
         }
@@ -356,7 +356,7 @@ impl Reporter {
         let staged = match self.collector.stage() {
             Ok(d) => d,
             Err(e) => {
-                metrics::counter!("netscope_agent_drain_errors_total").increment(1);
+                metrics::counter!(crate::metrics::AGENT_DRAIN_ERRORS_TOTAL).increment(1);
                 warn!(error = %e, "draining the collector failed; retrying next interval");
                 return;
             }
@@ -391,12 +391,12 @@ impl Reporter {
     }
 
     fn add_drain(&mut self, mut drain: crate::collect::Drain, now: SystemTime) {
-        metrics::counter!("netscope_agent_flows_drained_total")
+        metrics::counter!(crate::metrics::AGENT_FLOWS_DRAINED_TOTAL)
             .increment(drain.samples.len() as u64);
         if !drain.overflow.is_zero() {
-            metrics::counter!("netscope_agent_overflow_bytes_total")
+            metrics::counter!(crate::metrics::AGENT_OVERFLOW_BYTES_TOTAL)
                 .increment(drain.overflow.bytes);
-            metrics::counter!("netscope_agent_overflow_packets_total")
+            metrics::counter!(crate::metrics::AGENT_OVERFLOW_PACKETS_TOTAL)
                 .increment(drain.overflow.packets);
         }
         if let Some(t) = self.transform.as_mut() {
@@ -406,9 +406,9 @@ impl Reporter {
         self.last_drain = now;
         let out = self.buffer.add(drain, start, now);
         if out.folded_flows > 0 {
-            metrics::counter!("netscope_agent_report_folded_flows_total")
+            metrics::counter!(crate::metrics::AGENT_REPORT_FOLDED_FLOWS_TOTAL)
                 .increment(out.folded_flows);
-            metrics::counter!("netscope_agent_report_folded_bytes_total")
+            metrics::counter!(crate::metrics::AGENT_REPORT_FOLDED_BYTES_TOTAL)
                 .increment(out.folded.bytes);
             warn!(
                 flows = out.folded_flows,
@@ -417,7 +417,8 @@ impl Reporter {
                 "report buffer full: flows folded into overflow (bytes kept, identity lost)"
             );
         }
-        metrics::gauge!("netscope_agent_buffered_flows").set(self.buffer.buffered_flows() as f64);
+        metrics::gauge!(crate::metrics::AGENT_BUFFERED_FLOWS)
+            .set(self.buffer.buffered_flows() as f64);
     }
 
     /// Sends what is due (the in-flight report, or the pending set as a new
@@ -444,7 +445,7 @@ impl Reporter {
         let samples = report.samples.len();
         let started = std::time::Instant::now();
         let res = self.sink.send(report).await;
-        metrics::histogram!("netscope_agent_report_latency_seconds")
+        metrics::histogram!(crate::metrics::AGENT_REPORT_LATENCY_SECONDS)
             .record(started.elapsed().as_secs_f64());
         match res {
             Ok(ack) if ack.seq == seq => {
@@ -454,8 +455,8 @@ impl Reporter {
                 self.fail("after-ack");
                 self.failures_in_a_row = 0;
                 self.summary.reports_acked += 1;
-                metrics::counter!("netscope_agent_reports_sent_total").increment(1);
-                metrics::gauge!("netscope_agent_buffered_flows")
+                metrics::counter!(crate::metrics::AGENT_REPORTS_SENT_TOTAL).increment(1);
+                metrics::gauge!(crate::metrics::AGENT_BUFFERED_FLOWS)
                     .set(self.buffer.buffered_flows() as f64);
                 debug!(seq, samples, duplicate = ack.duplicate, "Sent traffic data");
                 Ok(true)
@@ -475,8 +476,10 @@ impl Reporter {
                         self.write_journal();
                         let t = lost.total();
                         self.summary.rejected += t;
-                        metrics::counter!("netscope_agent_reports_rejected_total").increment(1);
-                        metrics::counter!("netscope_agent_rejected_bytes_total").increment(t.bytes);
+                        metrics::counter!(crate::metrics::AGENT_REPORTS_REJECTED_TOTAL)
+                            .increment(1);
+                        metrics::counter!(crate::metrics::AGENT_REJECTED_BYTES_TOTAL)
+                            .increment(t.bytes);
                         error!(
                             seq,
                             bytes = t.bytes,
@@ -493,7 +496,7 @@ impl Reporter {
     fn note_failure(&mut self) {
         self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
         self.summary.send_failures += 1;
-        metrics::counter!("netscope_agent_reports_failed_total").increment(1);
+        metrics::counter!(crate::metrics::AGENT_REPORTS_FAILED_TOTAL).increment(1);
     }
 
     /// The delay before the next retry: exponential from

@@ -42,9 +42,9 @@ use super::watched::{check_yaml_shape, every, WatchedFile};
 use super::{error_chain, EntryRef, IpPrefix, PrefixTable, ResolveError, Resolver};
 
 /// Name of the counter of rejected custom-endpoint files.
-pub const REJECTED_COUNTER: &str = "netscope_custom_endpoints_rejected_total";
+pub const REJECTED_COUNTER: &str = crate::metrics::CUSTOM_ENDPOINTS_REJECTED_TOTAL;
 /// Name of the gauge holding the number of custom endpoints in force.
-pub const LOADED_GAUGE: &str = "netscope_custom_endpoints";
+pub const LOADED_GAUGE: &str = crate::metrics::CUSTOM_ENDPOINTS;
 
 /// Limits and timing for a file-backed [`CustomEndpoints`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +146,7 @@ fn parse(text: &str, path: &Path) -> Result<CustomSet, ResolveError> {
     let raw: RawFile = serde_yaml::from_str(text).map_err(|source| ResolveError::Yaml {
         path: path.to_owned(),
         what: "custom endpoints",
-        source,
+        source: super::YamlError::from_serde(source),
     })?;
     let mut exact: HashMap<IpAddr, (Arc<Endpoint>, EntryRef)> = HashMap::new();
     let mut prefixes: HashMap<IpPrefix, EntryRef> = HashMap::new();

@@ -33,6 +33,7 @@ pub mod layered;
 pub mod link_local;
 pub mod lpm;
 pub mod services;
+pub mod memory;
 pub mod static_topo;
 mod watched;
 
@@ -70,7 +71,7 @@ pub trait Resolver: Send + Sync {
 
     /// True when a netscope agent is known to run, Ready, on `node`, so that
     /// the node's `ToPod` observations can be trusted (the aggregator's dedup
-    /// rule, DESIGN.md §4).
+    /// rule, docs/design.md §4).
     ///
     /// The Kubernetes backend answers from the API: a node is monitored while
     /// a pod matching the configured agent selector is Running and Ready on
@@ -205,7 +206,7 @@ pub enum ResolveError {
         what: &'static str,
         /// The YAML error, with its location.
         #[source]
-        source: serde_yaml::Error,
+        source: YamlError,
     },
     /// The file nests collections deeper than [`MAX_YAML_DEPTH`] (or
     /// breaks another bound of the linear-time pre-pass that runs before
@@ -307,15 +308,36 @@ pub enum ResolveError {
     },
 }
 
-/// Formats an error with its chain of sources, `outer: inner: innermost`,
-/// for log lines.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+pub(crate) use crate::error_chain;
+
+/// Why a YAML file did not parse: the parser's message and where. Our own
+/// type, so the YAML library (serde_yaml is deprecated) can change without
+/// changing this crate's API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct YamlError {
+    message: String,
+    location: Option<(usize, usize)>,
+}
+
+impl YamlError {
+    /// The parser's message (it names the line, column and field).
+    pub fn message(&self) -> &str {
+        &self.message
     }
-    out
+
+    /// Line and column (1-based) where parsing stopped, when known.
+    pub fn location(&self) -> Option<(usize, usize)> {
+        self.location
+    }
+}
+
+impl YamlError {
+    /// Not a `From` impl: that would put serde_yaml in the public API.
+    pub(crate) fn from_serde(e: serde_yaml::Error) -> Self {
+        YamlError {
+            location: e.location().map(|l| (l.line(), l.column())),
+            message: e.to_string(),
+        }
+    }
 }

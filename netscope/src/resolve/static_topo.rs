@@ -76,15 +76,15 @@ use super::{
 pub const MAX_TOPOLOGY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Name of the counter of topology files loaded (the first one included).
-pub const LOADS_COUNTER: &str = "netscope_topology_loads_total";
+pub const LOADS_COUNTER: &str = crate::metrics::TOPOLOGY_LOADS_TOTAL;
 /// Name of the counter of rejected topology files (at reload).
-pub const REJECTED_COUNTER: &str = "netscope_topology_rejected_total";
+pub const REJECTED_COUNTER: &str = crate::metrics::TOPOLOGY_REJECTED_TOTAL;
 /// Name of the gauge holding the number of pods listed in the topology in
 /// force (hostNetwork ones included).
-pub const PODS_GAUGE: &str = "netscope_topology_pods";
+pub const PODS_GAUGE: &str = crate::metrics::TOPOLOGY_PODS;
 /// Name of the gauge holding the number of ended pod address claims kept
 /// as tombstones.
-pub const TOMBSTONES_GAUGE: &str = "netscope_topology_tombstones";
+pub const TOMBSTONES_GAUGE: &str = crate::metrics::TOPOLOGY_TOMBSTONES;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -231,7 +231,7 @@ fn parse(text: &str, path: &Path) -> Result<Parsed, ResolveError> {
         serde_yaml::from_str(text).map_err(|source| ResolveError::Yaml {
             path: path.to_owned(),
             what: "static topology",
-            source,
+            source: super::YamlError::from_serde(source),
         })?
     };
     let empty: Arc<str> = Arc::from("");

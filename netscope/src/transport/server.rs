@@ -249,7 +249,7 @@ pub enum ServeError {
 }
 
 fn reject(reason: &'static str, peer: Option<SocketAddr>, detail: &dyn std::fmt::Display) {
-    metrics::counter!("netscope_aggregator_rejected_reports_total", "reason" => reason)
+    metrics::counter!(crate::metrics::AGGREGATOR_REJECTED_REPORTS_TOTAL, "reason" => reason)
         .increment(1);
     match peer {
         Some(peer) => warn!(%peer, reason, %detail, "rejected a report"),
@@ -443,7 +443,7 @@ impl FlowServer {
         let report = validated.report;
         if let Some(first) = &validated.drops.first {
             for (reason, n) in validated.drops.iter() {
-                metrics::counter!("netscope_aggregator_dropped_samples_total", "reason" => reason.as_str())
+                metrics::counter!(crate::metrics::AGGREGATOR_DROPPED_SAMPLES_TOTAL, "reason" => reason.as_str())
                     .increment(n);
             }
             warn!(

@@ -55,7 +55,7 @@ use state::Kind;
 pub use state::KubeIndex;
 
 /// Name of the counter of watch errors, labelled by `resource`.
-pub const WATCH_ERRORS_COUNTER: &str = "netscope_kube_watch_errors_total";
+pub const WATCH_ERRORS_COUNTER: &str = crate::metrics::KUBE_WATCH_ERRORS_TOTAL;
 
 /// Settings of the Kubernetes backend.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,4 +1,5 @@
-//! rtnetlink link events: the source that feeds [`netscope::discover::Reconciler`].
+//! rtnetlink (not BPF links): link events, the source that feeds
+//! [`netscope::discover::Reconciler`], and dumps of links and tc filters.
 
 use std::io;
 use std::os::fd::AsRawFd;
