@@ -18,7 +18,7 @@ use clap::Parser;
 use ipnet::IpNet;
 use netscope::discover::{error_chain, InterfaceFilter, Reconciler, DEFAULT_PREFIXES};
 use netscope::{AttachMode, Collector};
-use netscope_bpf::links::LinkWatcher;
+use netscope_bpf::netlink::LinkWatcher;
 use netscope_bpf::{BpfAttacher, BpfCollector, Capture, CaptureConfig, DEFAULT_MAX_FLOWS};
 
 #[derive(Debug, Parser)]

@@ -272,7 +272,7 @@ impl BpfAttacher {
         let link = match found {
             Some(fd) => {
                 sys::link_update(fd.as_fd(), prog)?;
-                metrics::counter!("netscope_agent_pinned_links_adopted_total").increment(1);
+                metrics::counter!(netscope::metrics::AGENT_PINNED_LINKS_ADOPTED_TOTAL).increment(1);
                 tracing::info!(iface = ?iface.name, ifindex = iface.ifindex, direction = %direction, "adopted a pinned TCX link: program replaced in place");
                 fd
             }
@@ -335,7 +335,7 @@ impl BpfAttacher {
             // By id needs CAP_SYS_ADMIN; the filter dump does not.
             let name = match sys::prog_name_by_id(id) {
                 Ok(n) => n,
-                Err(_) => crate::links::tc_filter_prog_name(
+                Err(_) => crate::netlink::tc_filter_prog_name(
                     iface.ifindex,
                     filter.ingress,
                     TC_HANDLE,
@@ -516,7 +516,7 @@ pub fn remove_tc_filters() -> io::Result<Vec<(String, Direction)>> {
             };
             let prog = match sys::prog_name_by_id(id) {
                 Ok(n) => n,
-                Err(_) => crate::links::tc_filter_prog_name(
+                Err(_) => crate::netlink::tc_filter_prog_name(
                     ifindex,
                     filter.ingress,
                     TC_HANDLE,

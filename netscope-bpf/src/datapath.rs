@@ -17,7 +17,7 @@ use netscope::discover::InterfaceFilter;
 use netscope::Direction;
 
 use crate::attach::{tcx_programs, PROGRAM_NAME_PREFIX};
-use crate::links::{dump_links, tc_filters};
+use crate::netlink::{dump_links, tc_filters};
 
 /// Foreign programs found on the ingress hooks of one kind of link.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

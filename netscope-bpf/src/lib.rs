@@ -38,13 +38,9 @@ mod attach;
 pub mod capture;
 mod collector;
 pub mod datapath;
-pub mod netlink;
-/// The old name of [`netlink`] (rtnetlink, not BPF links), kept while other
-/// branches still use it.
-#[doc(hidden)]
-pub use netlink as links;
 mod loader;
 pub mod maps;
+pub mod netlink;
 pub mod pin;
 mod sys;
 pub mod tcguard;

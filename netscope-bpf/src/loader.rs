@@ -397,7 +397,7 @@ impl Capture {
             capture.meta = Some(pin.open_map(crate::pin::META)?);
         }
         if how == Pinned::Adopted {
-            metrics::counter!("netscope_agent_pinned_maps_adopted_total").increment(1);
+            metrics::counter!(netscope::metrics::AGENT_PINNED_MAPS_ADOPTED_TOTAL).increment(1);
         }
         Ok((capture, how))
     }

@@ -41,8 +41,8 @@ use netlink_sys::{Socket, SocketAddr};
 use netscope::Direction;
 
 use crate::attach::{TC_HANDLE, TC_PRIORITY};
-use crate::links::{tc_filters, TcFilterEntry};
 use crate::loader::Capture;
+use crate::netlink::{tc_filters, TcFilterEntry};
 use crate::sys::TcFilter;
 
 /// `RTMGRP_TC`: the multicast group of qdisc and filter changes.

@@ -323,7 +323,7 @@ fn coexistence(mode: AttachMode, tag: &str, net: u8) {
             .run(move || tc_query(ci, true, TC_HANDLE, TC_PRIORITY).unwrap());
         assert_eq!(still, Some(count_id), "the foreign filter must stay");
         let name = node.ns.run(move || {
-            netscope_bpf::links::tc_filter_prog_name(ci, true, TC_HANDLE, TC_PRIORITY).unwrap()
+            netscope_bpf::netlink::tc_filter_prog_name(ci, true, TC_HANDLE, TC_PRIORITY).unwrap()
         });
         assert_eq!(
             name.as_deref(),
@@ -479,7 +479,7 @@ fn restart_replaces_stale_legacy_tc_filters() {
     let ia = idx[0];
     let names = node.ns.run(move || {
         [true, false].map(|ing| {
-            netscope_bpf::links::tc_filter_prog_name(ia, ing, TC_HANDLE, TC_PRIORITY)
+            netscope_bpf::netlink::tc_filter_prog_name(ia, ing, TC_HANDLE, TC_PRIORITY)
                 .expect("filter dump")
         })
     });
@@ -491,7 +491,7 @@ fn restart_replaces_stale_legacy_tc_filters() {
         ]
     );
     let none = node.ns.run(move || {
-        netscope_bpf::links::tc_filter_prog_name(ia, true, TC_HANDLE, TC_PRIORITY + 5)
+        netscope_bpf::netlink::tc_filter_prog_name(ia, true, TC_HANDLE, TC_PRIORITY + 5)
             .expect("filter dump")
     });
     assert_eq!(none, None, "no filter at another priority");

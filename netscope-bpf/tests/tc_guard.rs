@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::init_logs;
 use netscope::{AttachMode, Attacher, Collector, Counters, Direction, FlowKey};
-use netscope_bpf::links::{tc_filters, TcFilterEntry};
+use netscope_bpf::netlink::{tc_filters, TcFilterEntry};
 use netscope_bpf::testing::netns::{sweep, NetNs};
 use netscope_bpf::testing::topo::{self, PodSpec};
 use netscope_bpf::testing::{prog_id, tc_attach, tc_detach, tc_query, TestPrograms};

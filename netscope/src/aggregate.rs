@@ -717,7 +717,7 @@ impl IngestSink for Aggregator {
         if counts.link_local > 0 {
             metrics::counter!("netscope_aggregator_samples_total", "result" => "link_local")
                 .increment(counts.link_local as u64);
-            metrics::counter!("netscope_aggregator_link_local_bytes_total")
+            metrics::counter!(crate::metrics::AGGREGATOR_LINK_LOCAL_BYTES_TOTAL)
                 .increment(counts.link_local_bytes);
         }
         if counts.wrong_node > 0 {

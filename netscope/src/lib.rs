@@ -67,9 +67,6 @@ pub mod metrics;
 pub mod nat;
 pub mod report;
 pub mod resolve;
-/// The old path of [`resolve::memory`].
-#[doc(hidden)]
-pub use resolve::memory as resolve_memory;
 #[cfg(feature = "grpc")]
 pub mod transport;
 

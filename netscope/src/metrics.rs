@@ -71,6 +71,19 @@ self_metrics! {
     AGENT_REPORTS_REJECTED_TOTAL = "netscope_agent_reports_rejected_total", Counter, "Reports the aggregator refused as a whole (their bytes are not counted).";
     AGENT_REJECTED_BYTES_TOTAL = "netscope_agent_rejected_bytes_total", Counter, "Bytes of reports the aggregator refused.";
     AGENT_REPORTS_FAILED_TOTAL = "netscope_agent_reports_failed_total", Counter, "Report attempts that failed in transport (retried).";
+    // Agent: pinned state, journal, aggregator replicas.
+    AGENT_PINNED_MAPS_ADOPTED_TOTAL = "netscope_agent_pinned_maps_adopted_total", Counter, "Agent starts that adopted the pinned maps of an earlier agent (a restart or upgrade without a gap).";
+    AGENT_PINNED_LINKS_ADOPTED_TOTAL = "netscope_agent_pinned_links_adopted_total", Counter, "Pinned TCX links whose program the agent replaced in place (BPF_LINK_UPDATE).";
+    AGENT_JOURNAL_BYTES = "netscope_agent_journal_bytes", Gauge, "Size of the agent's journal of unacknowledged reports as last written.";
+    AGENT_JOURNAL_WRITES_TOTAL = "netscope_agent_journal_writes_total", Counter, "Journal writes (fsync and atomic rename).";
+    AGENT_JOURNAL_WRITE_ERRORS_TOTAL = "netscope_agent_journal_write_errors_total", Counter, "Journal writes that failed (a crash then loses what was buffered).";
+    AGENT_JOURNAL_CORRUPT_TOTAL = "netscope_agent_journal_corrupt_total", Counter, "Journals moved aside as corrupt, oversized or another node's.";
+    AGENT_JOURNAL_RESUMED_TOTAL = "netscope_agent_journal_resumed_total", Counter, "Agent starts that resumed a journal (instance id, sequence numbers, buffer).";
+    AGENT_JOURNAL_REPLAYED_BYTES_TOTAL = "netscope_agent_journal_replayed_bytes_total", Counter, "Bytes found unacknowledged in the journal at start and sent again.";
+    AGENT_REPLICAS = "netscope_agent_replicas", Gauge, "Aggregator replicas in the agent's last resolved set.";
+    AGENT_REPLICA_SWITCHES_TOTAL = "netscope_agent_replica_switches_total", Counter, "Moves of this agent from one aggregator replica to another, by reason (set_changed, gone).";
+    AGENT_REPLICA_RESOLVE_ERRORS_TOTAL = "netscope_agent_replica_resolve_errors_total", Counter, "Resolutions of the aggregator endpoints that failed for at least one name; the last set stays in force.";
+    AGGREGATOR_LINK_LOCAL_BYTES_TOTAL = "netscope_aggregator_link_local_bytes_total", Counter, "Bytes of samples with a link-local or multicast address, left out of the traffic metrics (they never leave the node).";
     // Aggregator.
     AGGREGATOR_REPORTS_TOTAL = "netscope_aggregator_reports_total", Counter, "Reports received, by result (counted, replay, ...).";
     AGGREGATOR_SAMPLES_TOTAL = "netscope_aggregator_samples_total", Counter, "Samples received, by whether they were the observation counted.";

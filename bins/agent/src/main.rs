@@ -23,7 +23,7 @@ use netscope::transport::client::{ClientConfig, ClientTls};
 use netscope::transport::replicas::{ReplicaConfig, ReplicaSink};
 use netscope::transport::server::{serve_http, HttpEndpoints};
 use netscope::{AttachMode, Direction};
-use netscope_bpf::links::LinkWatcher;
+use netscope_bpf::netlink::LinkWatcher;
 use netscope_bpf::{
     BpfAttacher, BpfCollector, Capture, CaptureConfig, UpgradeCollector, DEFAULT_MAX_FLOWS,
 };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use netscope::discover::{InterfaceFilter, Reconciler};
 use netscope::{AttachMode, Direction, Interface};
-use netscope_bpf::links::LinkWatcher;
+use netscope_bpf::netlink::LinkWatcher;
 use netscope_bpf::testing::netns::NetNs;
 use netscope_bpf::testing::tc_query;
 use netscope_bpf::{tcx_programs, BpfAttacher, Capture, TC_HANDLE, TC_PRIORITY};

@@ -279,10 +279,10 @@ impl Reporter {
     /// then starts fresh.
     pub fn with_journal(mut self, journal: Journal) -> Self {
         for name in [
-            "netscope_agent_journal_corrupt_total",
-            "netscope_agent_journal_write_errors_total",
-            "netscope_agent_journal_resumed_total",
-            "netscope_agent_journal_replayed_bytes_total",
+            crate::metrics::AGENT_JOURNAL_CORRUPT_TOTAL,
+            crate::metrics::AGENT_JOURNAL_WRITE_ERRORS_TOTAL,
+            crate::metrics::AGENT_JOURNAL_RESUMED_TOTAL,
+            crate::metrics::AGENT_JOURNAL_REPLAYED_BYTES_TOTAL,
         ] {
             metrics::counter!(name).increment(0);
         }
@@ -295,8 +295,8 @@ impl Reporter {
                 // Epochs of kernel state that did not outlive its process
                 // (scope 0) mean nothing to this one.
                 self.epochs = state.epochs.into_iter().filter(|(s, _)| *s != 0).collect();
-                metrics::counter!("netscope_agent_journal_resumed_total").increment(1);
-                metrics::counter!("netscope_agent_journal_replayed_bytes_total")
+                metrics::counter!(crate::metrics::AGENT_JOURNAL_RESUMED_TOTAL).increment(1);
+                metrics::counter!(crate::metrics::AGENT_JOURNAL_REPLAYED_BYTES_TOTAL)
                     .increment(totals.bytes);
                 info!(
                     journal = ?journal.path(),
@@ -324,7 +324,7 @@ impl Reporter {
     fn write_journal(&mut self) {
         if let Some(j) = &self.journal {
             if let Err(e) = j.write(&self.buffer, &self.epochs) {
-                metrics::counter!("netscope_agent_journal_write_errors_total").increment(1);
+                metrics::counter!(crate::metrics::AGENT_JOURNAL_WRITE_ERRORS_TOTAL).increment(1);
                 error!(error = %e, "writing the journal failed: a crash now would lose what is buffered");
             }
         }

@@ -415,7 +415,7 @@ impl Journal {
             .map_or(0, |d| d.as_nanos());
         let quarantined = self.dir.join(format!("{JOURNAL_FILE}.corrupt-{nanos}"));
         std::fs::rename(&path, &quarantined).map_err(io("moving aside"))?;
-        metrics::counter!("netscope_agent_journal_corrupt_total").increment(1);
+        metrics::counter!(crate::metrics::AGENT_JOURNAL_CORRUPT_TOTAL).increment(1);
         Err(JournalError::Corrupt {
             path,
             reason,
@@ -449,8 +449,8 @@ impl Journal {
         if let Ok(d) = std::fs::File::open(&self.dir) {
             let _ = d.sync_all();
         }
-        metrics::gauge!("netscope_agent_journal_bytes").set(bytes.len() as f64);
-        metrics::counter!("netscope_agent_journal_writes_total").increment(1);
+        metrics::gauge!(crate::metrics::AGENT_JOURNAL_BYTES).set(bytes.len() as f64);
+        metrics::counter!(crate::metrics::AGENT_JOURNAL_WRITES_TOTAL).increment(1);
         Ok(bytes.len())
     }
 }

@@ -32,8 +32,8 @@ pub mod kube;
 pub mod layered;
 pub mod link_local;
 pub mod lpm;
-pub mod services;
 pub mod memory;
+pub mod services;
 pub mod static_topo;
 mod watched;
 

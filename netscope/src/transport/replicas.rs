@@ -43,12 +43,12 @@ use super::client::{ClientConfig, ClientError, GrpcSink};
 use crate::report::{Ack, InstanceId, Report, ReportSink, SendError};
 
 /// Replicas in the resolved set (gauge).
-pub const REPLICAS_METRIC: &str = "netscope_agent_replicas";
+pub const REPLICAS_METRIC: &str = crate::metrics::AGENT_REPLICAS;
 /// Moves of this agent from one replica to another (counter, `reason`:
 /// `set_changed`, `gone`).
-pub const SWITCHES_METRIC: &str = "netscope_agent_replica_switches_total";
+pub const SWITCHES_METRIC: &str = crate::metrics::AGENT_REPLICA_SWITCHES_TOTAL;
 /// Resolutions of the replica set that failed (counter).
-pub const RESOLVE_ERRORS_METRIC: &str = "netscope_agent_replica_resolve_errors_total";
+pub const RESOLVE_ERRORS_METRIC: &str = crate::metrics::AGENT_REPLICA_RESOLVE_ERRORS_TOTAL;
 
 /// Most entries in `--server-endpoint`.
 pub const MAX_ENDPOINTS: usize = 64;
@@ -320,18 +320,6 @@ impl ReplicaSink {
     /// [`ReplicaError`] for a malformed endpoint list.
     pub fn new(config: ReplicaConfig) -> Result<Self, ReplicaError> {
         let source = Source::parse(&config.endpoints)?;
-        metrics::describe_gauge!(
-            REPLICAS_METRIC,
-            "Aggregator replicas in the agent's last resolved set."
-        );
-        metrics::describe_counter!(
-            SWITCHES_METRIC,
-            "Moves of this agent from one aggregator replica to another, by reason (set_changed, gone)."
-        );
-        metrics::describe_counter!(
-            RESOLVE_ERRORS_METRIC,
-            "Resolutions of the aggregator endpoints that failed for at least one name; the last set stays in force."
-        );
         Ok(ReplicaSink {
             config,
             source: std::sync::Mutex::new(source),
