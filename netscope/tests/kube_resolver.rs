@@ -162,6 +162,9 @@ fn config() -> KubeResolverConfig {
     KubeResolverConfig {
         service_cidrs: vec!["10.96.0.0/12".parse().unwrap_or_else(|e| panic!("{e}"))],
         publish_interval: Duration::from_millis(5),
+        // Short, so that the test sees a node whose agent went away become
+        // unmonitored (the default keeps it 5 minutes: restarts, upgrades).
+        agent_absence_grace: Duration::from_millis(300),
         ..KubeResolverConfig::default()
     }
 }
@@ -316,7 +319,8 @@ async fn pods_come_and_go_and_a_reused_ip_resolves_by_time() {
     // web's IPv6 address, not reused, still resolves to the tombstone.
     assert_eq!(name_at(&r, "fd00:1::5", now), "web-7d9c8b6f5-x2x1z");
 
-    // MODIFIED: the agent pod on node-a stops being Ready.
+    // MODIFIED: the agent pod on node-a stops being Ready; after the agent
+    // absence grace the node is unmonitored.
     let mut agent = pod_args("netscope-agent-q8x2p", "node-a", &["10.0.1.9"], hour_ago);
     agent.owner = Some(("DaemonSet", "netscope-agent"));
     agent.labels = json!({"app.kubernetes.io/name": "netscope-agent"});
