@@ -55,10 +55,10 @@
 //! [`Instant::now`].
 //!
 //! Why this file is long (about 950 lines, tests apart): storage, rendering
-//! and expiry of the series are one data structure whose hot path (an
-//! increment through a cached handle) and render path share lock-free state;
-//! they are kept together so that their ordering arguments can be read in one
-//! place.
+//! and expiry of the series are one data structure (a registry under an
+//! `RwLock`, atomic cells behind cached handles) whose increment path and
+//! render path share those cells; they are kept together so that their
+//! ordering arguments can be read in one place.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
