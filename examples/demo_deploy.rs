@@ -204,11 +204,11 @@ fn expected(kind: &str, samples: &[Sample]) -> Result<BTreeMap<Vec<String>, f64>
         "cost_by_zone_side" | "cost_by_side" => {
             let prices = sum_by(
                 samples,
-                "netscope_cross_zone_price_dollars_per_gb",
+                "netscope_cross_zone_price_dollars_per_gigabyte",
                 &["side"],
             );
             if prices.is_empty() {
-                bail!("the aggregator exports no netscope_cross_zone_price_dollars_per_gb");
+                bail!("the aggregator exports no netscope_cross_zone_price_dollars_per_gigabyte");
             }
             // The exporter prices each zone label set, which also carries
             // the two regions (a custom endpoint may have a zone and no

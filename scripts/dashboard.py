@@ -10,7 +10,7 @@
                           docs/deploy.md shows
 
 The queries use only netscope's metrics (docs/metrics.md); prices come from
-the aggregator's netscope_cross_zone_price_dollars_per_gb gauge, never from
+the aggregator's netscope_cross_zone_price_dollars_per_gigabyte gauge, never from
 numbers written into a query. `examples/demo.rs --check-dashboard` runs every
 query against a live Prometheus and compares the exact panels (marked
 "exact" below) with what the demo computed.
@@ -43,7 +43,7 @@ AVOIDABLE = f"netscope_service_cross_zone_avoidable_dollars{{{AGG}}}"
 
 
 def price(side):
-    return f'scalar(max(netscope_cross_zone_price_dollars_per_gb{{{AGG},side="{side}"}}))'
+    return f'scalar(max(netscope_cross_zone_price_dollars_per_gigabyte{{{AGG},side="{side}"}}))'
 
 
 def q(ref, expr, legend=None, instant=False, table=False):

@@ -15,6 +15,11 @@
 //! `<prefix>-…`, `<prefix>` starting with `ns-` or `netscope-test-`);
 //! dropping the [`Cluster`] deletes them, and [`Cluster::build`] sweeps
 //! stale ones first.
+//!
+//! Why this file is long (about 1,400 lines): it is the test harness (behind
+//! the `testing` feature, not in the published crate), one topology built
+//! step by step in namespaces, whose setup and teardown must be read together
+//! to see that everything it creates is removed.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};

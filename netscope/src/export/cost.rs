@@ -241,7 +241,7 @@ impl Pricing {
 }
 
 /// The gauge [`Pricing::record_gauges`] sets: dollars per GB by `side`.
-pub const PRICE_GAUGE: &str = "netscope_cross_zone_price_dollars_per_gb";
+pub const PRICE_GAUGE: &str = "netscope_cross_zone_price_dollars_per_gigabyte";
 
 impl Default for Pricing {
     /// [`Pricing::AWS_INTER_AZ`].
