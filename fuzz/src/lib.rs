@@ -126,7 +126,7 @@ pub fn report(data: &[u8]) {
         return;
     }
     assert_eq!(
-        out.counted + out.other_view + out.wrong_node,
+        out.counted + out.other_view + out.wrong_node + out.link_local,
         n,
         "samples neither counted nor set aside"
     );
