@@ -148,6 +148,36 @@ pub fn map_lookup_and_delete_batch(
     values: &mut [u8],
     value_size: usize,
 ) -> io::Result<(usize, bool)> {
+    batch(
+        libbpf_sys::bpf_map_lookup_and_delete_batch,
+        map,
+        token,
+        (keys, key_size),
+        (values, value_size),
+    )
+}
+
+/// A libbpf batch call: `bpf_map_lookup_batch` or
+/// `bpf_map_lookup_and_delete_batch` (one signature).
+type BatchFn = unsafe extern "C" fn(
+    libc::c_int,
+    *mut libc::c_void,
+    *mut libc::c_void,
+    *mut libc::c_void,
+    *mut libc::c_void,
+    *mut u32,
+    *const libbpf_sys::bpf_map_batch_opts,
+) -> libc::c_int;
+
+/// One batch call of `op` into `keys`/`values` (each a buffer and the
+/// caller's stride), checked against the map's own sizes first.
+fn batch(
+    op: BatchFn,
+    map: BorrowedFd<'_>,
+    token: &mut Option<[u8; 8]>,
+    (keys, key_size): (&mut [u8], usize),
+    (values, value_size): (&mut [u8], usize),
+) -> io::Result<(usize, bool)> {
     let slots = keys.len().checked_div(key_size).unwrap_or(0);
     let layout = check_fit(map, keys.len(), values.len(), slots)?;
     check_strides(layout, key_size, value_size)?;
@@ -163,11 +193,13 @@ pub fn map_lookup_and_delete_batch(
         sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
         ..Default::default()
     };
-    // SAFETY: keys/values have room for `count` entries of the map's own key
-    // and value sizes (check_fit, check_strides); the batch tokens of hash maps are 4 bytes, arrays' too,
-    // and both buffers are 8; opts is a valid, sized struct.
+    // SAFETY: op is one of libbpf's two batch lookups (this private fn's
+    // only callers); keys/values have room for `count` entries of the map's
+    // own key and value sizes (check_fit, check_strides); the batch tokens
+    // of hash maps and arrays are 4 bytes and both buffers are 8; opts is a
+    // valid, sized struct.
     let ret = unsafe {
-        libbpf_sys::bpf_map_lookup_and_delete_batch(
+        op(
             map.as_raw_fd(),
             in_ptr,
             out_batch.as_mut_ptr().cast(),
@@ -704,43 +736,13 @@ pub fn map_lookup_batch(
     values: &mut [u8],
     value_size: usize,
 ) -> io::Result<(usize, bool)> {
-    let slots = keys.len().checked_div(key_size).unwrap_or(0);
-    let layout = check_fit(map, keys.len(), values.len(), slots)?;
-    check_strides(layout, key_size, value_size)?;
-    let mut count = u32::try_from(slots).unwrap_or(u32::MAX);
-    let mut out_batch = [0u8; 8];
-    let mut in_batch = token.unwrap_or([0; 8]);
-    let in_ptr = if token.is_some() {
-        in_batch.as_mut_ptr().cast()
-    } else {
-        std::ptr::null_mut()
-    };
-    let opts = libbpf_sys::bpf_map_batch_opts {
-        sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
-        ..Default::default()
-    };
-    // SAFETY: as in map_lookup_and_delete_batch: keys/values have room for
-    // `count` entries of the map's own key and value sizes (check_fit,
-    // check_strides), the 8-byte tokens hold the kernel's 4-byte ones.
-    let ret = unsafe {
-        libbpf_sys::bpf_map_lookup_batch(
-            map.as_raw_fd(),
-            in_ptr,
-            out_batch.as_mut_ptr().cast(),
-            keys.as_mut_ptr().cast(),
-            values.as_mut_ptr().cast(),
-            &mut count,
-            &opts,
-        )
-    };
-    match check(ret) {
-        Ok(_) => {
-            *token = Some(out_batch);
-            Ok((count as usize, false))
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((count as usize, true)),
-        Err(e) => Err(e),
-    }
+    batch(
+        libbpf_sys::bpf_map_lookup_batch,
+        map,
+        token,
+        (keys, key_size),
+        (values, value_size),
+    )
 }
 
 #[cfg(test)]
@@ -790,6 +792,15 @@ mod tests {
         let err = map_lookup_and_delete_batch(fd, &mut None, &mut keys, 4, &mut values, 8)
             .expect_err("wrong strides accepted");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        let err = map_lookup_batch(fd, &mut None, &mut keys, 8, &mut values[..63], 16)
+            .expect_err("short value batch accepted");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        // A lookup batch reads without deleting ...
+        let (n, _) =
+            map_lookup_batch(fd, &mut None, &mut keys, 8, &mut values, 16).expect("fitting batch");
+        assert_eq!((n, &values[..16]), (1, &[7u8; 16][..]));
+        values.fill(0);
+        // ... so the element is still there for lookup and delete.
         let (n, _) = map_lookup_and_delete_batch(fd, &mut None, &mut keys, 8, &mut values, 16)
             .expect("fitting batch");
         assert_eq!(n, 1, "the one element");
