@@ -35,7 +35,7 @@
 //! from the reference.
 //! Needs root; removes everything it makes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -56,6 +56,35 @@ fn dashboard() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/netscope/dashboards/netscope.json")
 }
 
+/// The demo binary in `dir`, after checking that it, both netscope
+/// binaries and `extra` (paths under `dir`) were built.
+fn demo_and_binaries(dir: &Path, extra: &[&str]) -> PathBuf {
+    let demo = dir.join("examples/demo");
+    let bins = [
+        demo.clone(),
+        dir.join("netscope-agent"),
+        dir.join("netscope-aggregator"),
+    ];
+    for bin in bins.into_iter().chain(extra.iter().map(|e| dir.join(e))) {
+        assert!(
+            bin.is_file(),
+            "{} is missing: run `cargo build --workspace --all-targets` first (make test does)",
+            bin.display()
+        );
+    }
+    demo
+}
+
+/// No network namespace whose name contains `prefix` is left.
+fn assert_no_namespaces(prefix: &str) {
+    let ns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    let left = String::from_utf8_lossy(&ns.stdout);
+    assert!(!left.contains(prefix), "namespaces left behind: {left}");
+}
+
 fn run_demo(
     mode: &str,
     prefix: &str,
@@ -66,19 +95,7 @@ fn run_demo(
 ) {
     let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = target_dir();
-    let demo = dir.join("examples/demo");
-    for bin in [
-        demo.clone(),
-        dir.join("netscope-agent"),
-        dir.join("netscope-aggregator"),
-        dir.join("examples/hostile_report"),
-    ] {
-        assert!(
-            bin.is_file(),
-            "{} is missing: run `cargo build --workspace --all-targets` first (make test does)",
-            bin.display()
-        );
-    }
+    let demo = demo_and_binaries(&dir, &["examples/hostile_report"]);
     let out = Command::new(&demo)
         .args([
             "--duration",
@@ -229,12 +246,7 @@ fn run_demo(
         "{redirected}"
     );
     // Nothing left behind.
-    let ns = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns");
-    let left = String::from_utf8_lossy(&ns.stdout);
-    assert!(!left.contains(prefix), "namespaces left behind: {left}");
+    assert_no_namespaces(prefix);
 }
 
 // Node-3 (the two `api` pods, one dual-stack) redirects: pairs into it
@@ -267,18 +279,7 @@ fn e2e_simulated_cluster_legacy_tc_service_backend_redirected() {
 fn e2e_three_aggregator_replicas_tcx() {
     let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = target_dir();
-    let demo = dir.join("examples/demo");
-    for bin in [
-        demo.clone(),
-        dir.join("netscope-agent"),
-        dir.join("netscope-aggregator"),
-    ] {
-        assert!(
-            bin.is_file(),
-            "{} is missing: run `cargo build --workspace --all-targets` first (make test does)",
-            bin.display()
-        );
-    }
+    let demo = demo_and_binaries(&dir, &[]);
     let prefix = "netscope-test-e2er";
     let out = Command::new(&demo)
         .args([
@@ -337,12 +338,7 @@ fn e2e_three_aggregator_replicas_tcx() {
         !moves.contains("gone 0,") && !moves.ends_with("set_changed 0"),
         "agents did not move off the killed replica and onto the added one: {moves}"
     );
-    let ns = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns");
-    let left = String::from_utf8_lossy(&ns.stdout);
-    assert!(!left.contains(prefix), "namespaces left behind: {left}");
+    assert_no_namespaces(prefix);
 }
 
 /// The restarted agent SIGKILLs itself at each step of its drain cycle
@@ -352,12 +348,7 @@ fn e2e_three_aggregator_replicas_tcx() {
 fn e2e_failpoints_every_step_exact() {
     let _guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = target_dir();
-    let demo = dir.join("examples/demo");
-    assert!(
-        demo.is_file(),
-        "{} is missing: build the workspace first",
-        demo.display()
-    );
+    let demo = demo_and_binaries(&dir, &[]);
     for (i, step) in [
         "after-stage",
         "after-journal",
