@@ -1,5 +1,6 @@
 //! The exact, double-buffered collector.
 
+use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
@@ -7,36 +8,31 @@ use netscope::collect::{CollectError, Collector, Drain, Staged};
 use netscope::{Counters, FlowSample};
 
 use crate::loader::Capture;
-use crate::maps::{decode_key, RawKey, CACHE_SIZE, KEY_SIZE};
+use crate::maps::{counters_at, decode_key, RawKey, CACHE_ENTRY_SIZE, KEY_SIZE, SLOT_SIZE};
 use crate::sys;
 
-/// Entries fetched per batch syscall.
-const BATCH: usize = 16384;
-
-/// Drains the capture program's flow tables.
+/// Drains the capture program's flow slots.
 ///
-/// Each [`Collector::drain`] flips the side (flow table + per-CPU cache
-/// entry) the program writes to, waits for every running program to finish
-/// (an RCU grace period, through a map-in-map update), then reads and
-/// empties the side that is now idle. No increment is lost or
-/// returned twice, however much traffic flows meanwhile.
+/// Each [`Collector::stage`] flips the side (half of the slot array, the
+/// per-CPU cache entries) the program counts into by moving to the next
+/// generation, waits for every running program to finish (an RCU grace
+/// period), then reads the side that is now idle: its slots straight from
+/// the mapped array, its cache entries with one lookup per direction.
+/// [`Collector::commit`] empties it. No increment is lost or returned
+/// twice, however much traffic flows meanwhile.
 #[derive(Debug)]
 pub struct BpfCollector {
     capture: Arc<Capture>,
-    keys: Vec<u8>,
-    values: Vec<u8>,
+    buf: Vec<u8>,
 }
 
 impl BpfCollector {
     /// A collector for `capture`. Several collectors may exist; their drains
     /// are serialised.
     pub fn new(capture: Arc<Capture>) -> Self {
-        let slots = BATCH.min(capture.capacity as usize + 1);
-        let stride = capture.layout.value_stride();
         BpfCollector {
-            keys: vec![0; slots * KEY_SIZE],
-            values: vec![0; slots * stride],
             capture,
+            buf: Vec::new(),
         }
     }
 
@@ -49,28 +45,83 @@ impl BpfCollector {
     }
 }
 
-const TABLE_NAMES: [&str; 2] = ["flows_a", "flows_b"];
+/// Flows read from one side, summed by key: a flow can hold two slots (its
+/// index entry evicted by the LRU, or two CPUs handing out a slot for it at
+/// once) and a cache entry per CPU and direction.
+pub(crate) struct SideReader {
+    flows: HashMap<[u8; KEY_SIZE], Counters>,
+    overflow: Counters,
+    invalid: u64,
+}
 
-impl BpfCollector {
-    /// Deletes every entry of table `idle` (the committed stage).
-    fn clear_table(&mut self, idle: usize) -> Result<(), CollectError> {
-        let cap = Arc::clone(&self.capture);
-        let stride = cap.layout.value_stride();
-        let mut token = None;
-        loop {
-            let (_, done) = sys::map_lookup_and_delete_batch(
-                cap.tables[idle].as_fd(),
-                &mut token,
-                &mut self.keys,
-                KEY_SIZE,
-                &mut self.values,
-                stride,
-            )
-            .map_err(Self::map_err("lookup_and_delete_batch", TABLE_NAMES[idle]))?;
-            if done {
-                return Ok(());
+impl SideReader {
+    pub(crate) fn new(slots: usize) -> Self {
+        SideReader {
+            flows: HashMap::with_capacity(slots),
+            overflow: Counters::default(),
+            invalid: 0,
+        }
+    }
+
+    fn add(&mut self, key: &[u8], counters: Counters) {
+        if counters.is_zero() {
+            return;
+        }
+        let key: [u8; KEY_SIZE] = key.try_into().expect("key size");
+        *self.flows.entry(key).or_default() += counters;
+    }
+
+    /// Reads `side` of `cap`: its used slots, its overflow slot, its cache
+    /// entries.
+    pub(crate) fn read_side(
+        cap: &Capture,
+        side: usize,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<Self> {
+        let used = cap.slots_used(side)?;
+        let base = cap.side_base(side);
+        let mut r = SideReader::new(used);
+        cap.slot_mem.read(base, used, buf)?;
+        for slot in buf.chunks_exact(SLOT_SIZE) {
+            r.add(&slot[..KEY_SIZE], counters_at(slot, KEY_SIZE));
+        }
+        cap.slot_mem.read(base + cap.capacity as usize, 1, buf)?;
+        r.overflow += counters_at(buf, KEY_SIZE);
+        let mut cache = vec![0u8; cap.layout.cache_stride()];
+        for dir in 0..2u32 {
+            sys::map_lookup(
+                cap.cache.as_fd(),
+                &(side as u32 * 2 + dir).to_ne_bytes(),
+                &mut cache,
+            )?;
+            for cpu in cache.chunks_exact(CACHE_ENTRY_SIZE) {
+                if cpu[32] != 0 {
+                    r.add(&cpu[..KEY_SIZE], counters_at(cpu, KEY_SIZE + 8));
+                }
             }
         }
+        Ok(r)
+    }
+
+    /// The drain: flows decoded, keys the program should never write
+    /// counted as overflow.
+    pub(crate) fn into_drain(self, capacity: u32) -> (Drain, u64) {
+        let mut drain = Drain {
+            capacity: capacity as usize,
+            overflow: self.overflow,
+            samples: Vec::with_capacity(self.flows.len()),
+        };
+        let mut invalid = self.invalid;
+        for (key, counters) in self.flows {
+            match decode_key(&key) {
+                RawKey::Flow(key) => drain.samples.push(FlowSample { key, counters }),
+                RawKey::Overflow | RawKey::Invalid => {
+                    invalid += 1;
+                    drain.overflow += counters;
+                }
+            }
+        }
+        (drain, invalid)
     }
 }
 
@@ -97,31 +148,14 @@ impl Collector for BpfCollector {
             Some(side) => side,
             None => {
                 let idle = state.active;
-                let next = 1 - idle;
-                // The standby table always holds the overflow slot before it goes live.
-                cap.install_overflow_slot(next)
-                    .map_err(Self::map_err("update", TABLE_NAMES[next]))?;
-                // Flip the side programs write to ...
-                sys::map_update(
-                    cap.ctl.as_fd(),
-                    &0u32.to_ne_bytes(),
-                    &(next as u32).to_ne_bytes(),
-                    0,
-                )
-                .map_err(Self::map_err("update", "data_ctl"))?;
-                // ... and wait for programs that may still use the old side: an
-                // update of a map-in-map returns only after an RCU grace period
-                // (kernel/bpf/syscall.c, maybe_wait_bpf_programs). The update itself
-                // changes nothing: it puts the same table back in its slot.
-                let idle_fd = std::os::fd::AsRawFd::as_raw_fd(&cap.tables[idle]);
-                sys::map_update(
-                    cap.flow_tables.as_fd(),
-                    &(idle as u32).to_ne_bytes(),
-                    &idle_fd.to_ne_bytes(),
-                    0,
-                )
-                .map_err(Self::map_err("update", "flow_tables"))?;
-                state.active = next;
+                // Flip: the next generation counts into the other side ...
+                let next = state.gen.wrapping_add(1);
+                cap.set_generation(&mut state, next)
+                    .map_err(Self::map_err("update", "data_ctl"))?;
+                // ... and wait for programs that may still use the old one.
+                cap.barrier
+                    .wait()
+                    .map_err(Self::map_err("update", "netscope_rcu"))?;
                 epoch += 1;
                 cap.store_epoch(&mut state, epoch, Some(idle))
                     .map_err(Self::map_err("update", "meta"))?;
@@ -129,85 +163,16 @@ impl Collector for BpfCollector {
             }
         };
 
-        // The per-CPU cache entries of the idle side: at most one flow per CPU.
-        let cstride = cap.layout.cache_stride();
-        let mut cache = vec![0u8; cstride];
-        sys::map_lookup(cap.cache.as_fd(), &(idle as u32).to_ne_bytes(), &mut cache)
-            .map_err(Self::map_err("lookup", "flow_cache"))?;
-        let mut cached: Vec<([u8; KEY_SIZE], Counters)> = Vec::new();
-        for cpu in cache.chunks_exact(CACHE_SIZE) {
-            let counters = cap.layout.fold(&cpu[KEY_SIZE..]);
-            if cpu[32] == 0 || counters.is_zero() {
-                continue;
-            }
-            let key: [u8; KEY_SIZE] = cpu[..KEY_SIZE].try_into().expect("key size");
-            match cached.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, c)) => *c += counters,
-                None => cached.push((key, counters)),
-            }
-        }
-
-        let stride = cap.layout.value_stride();
-        let mut drain = Drain {
-            capacity: cap.capacity as usize,
-            ..Drain::default()
-        };
-        let mut token = None;
-        let mut invalid = 0u64;
-        loop {
-            let (n, done) = sys::map_lookup_batch(
-                cap.tables[idle].as_fd(),
-                &mut token,
-                &mut self.keys,
-                KEY_SIZE,
-                &mut self.values,
-                stride,
-            )
-            .map_err(Self::map_err("lookup_batch", TABLE_NAMES[idle]))?;
-            drain.samples.reserve(n);
-            for i in 0..n {
-                let key = &self.keys[i * KEY_SIZE..(i + 1) * KEY_SIZE];
-                let mut counters = cap.layout.fold(&self.values[i * stride..(i + 1) * stride]);
-                // Merge a cached entry of the same flow into this one.
-                if !cached.is_empty() {
-                    if let Some(pos) = cached.iter().position(|(k, _)| k.as_slice() == key) {
-                        counters += cached.swap_remove(pos).1;
-                    }
-                }
-                match decode_key(key) {
-                    RawKey::Flow(key) if !counters.is_zero() => {
-                        drain.samples.push(FlowSample { key, counters })
-                    }
-                    RawKey::Flow(_) => {}
-                    RawKey::Overflow => drain.overflow += counters,
-                    RawKey::Invalid => {
-                        invalid += 1;
-                        drain.overflow += counters;
-                    }
-                }
-            }
-            if done {
-                break;
-            }
-        }
-        // Cached flows that had no table entry.
-        for (key, counters) in cached {
-            match decode_key(&key) {
-                RawKey::Flow(key) => drain.samples.push(FlowSample { key, counters }),
-                RawKey::Overflow | RawKey::Invalid => {
-                    invalid += 1;
-                    drain.overflow += counters;
-                }
-            }
-        }
-
+        let reader = SideReader::read_side(&cap, idle, &mut self.buf)
+            .map_err(Self::map_err("read", "flow_slots"))?;
+        let (mut drain, invalid) = reader.into_drain(cap.capacity);
         if invalid > 0 {
             tracing::error!(
                 entries = invalid,
-                "flow table held keys with an unknown family or direction; counted as overflow"
+                "flow slots held keys with an unknown family or direction; counted as overflow"
             );
         }
-        // Bytes that found not even the overflow slot (should never happen).
+        // Bytes that found no slot (should never happen).
         let mut bss = [0u8; 16];
         if sys::map_lookup(cap.bss.as_fd(), &0u32.to_ne_bytes(), &mut bss)
             .map_err(Self::map_err("lookup", "bss"))?
@@ -224,16 +189,17 @@ impl Collector for BpfCollector {
                 tracing::error!(
                     bytes = delta.bytes,
                     packets = delta.packets,
-                    "bytes found no flow slot and no overflow slot; counted as overflow"
+                    "bytes found no flow slot; counted as overflow"
                 );
                 drain.overflow += delta;
             }
             state.lost_seen = lost;
         }
-        // Fill of the table just drained: how close the interval came to
+        // Fill of the side just drained: how close the interval came to
         // overflowing (1.0 = full; then see the overflow counters).
+        let used = cap.slots_used(idle).unwrap_or(0);
         metrics::gauge!(netscope::metrics::AGENT_FLOW_TABLE_FILL_RATIO)
-            .set(drain.samples.len() as f64 / f64::from(cap.capacity.max(1)));
+            .set(used as f64 / f64::from(cap.capacity.max(1)));
         metrics::gauge!(netscope::metrics::AGENT_FLOW_TABLE_CAPACITY).set(f64::from(cap.capacity));
         Ok(Staged {
             drain,
@@ -242,8 +208,8 @@ impl Collector for BpfCollector {
         })
     }
 
-    /// Empties the staged side (table, cache entries; the overflow slot is
-    /// put back) and records that the epoch is committed.
+    /// Empties the staged side (slots, allocator, cache entries) and records
+    /// that the epoch is committed.
     fn commit(&mut self, epoch: u64) -> Result<(), CollectError> {
         let cap = Arc::clone(&self.capture);
         let mut state = cap.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -253,14 +219,8 @@ impl Collector for BpfCollector {
         let Some(idle) = staged.filter(|_| current == epoch) else {
             return Ok(());
         };
-        self.clear_table(idle)?;
-        let zero = vec![0u8; cap.layout.cache_stride()];
-        sys::map_update(cap.cache.as_fd(), &(idle as u32).to_ne_bytes(), &zero, 0)
-            .map_err(Self::map_err("update", "flow_cache"))?;
-        // The overflow slot was cleared with the rest; put it back so the
-        // table is ready for its next turn.
-        cap.install_overflow_slot(idle)
-            .map_err(Self::map_err("update", TABLE_NAMES[idle]))?;
+        cap.clear_side(idle)
+            .map_err(Self::map_err("clear", "flow_slots"))?;
         cap.store_epoch(&mut state, epoch, None)
             .map_err(Self::map_err("update", "meta"))?;
         Ok(())

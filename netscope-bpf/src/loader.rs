@@ -11,7 +11,7 @@ use libbpf_rs::PrintLevel;
 use netscope::flow::addr_to_raw;
 use netscope::Direction;
 
-use crate::maps::{FlowMapLayout, KEY_SIZE};
+use crate::maps::FlowMapLayout;
 use crate::pin::{Meta, PinDir, PINNED_MAPS};
 use crate::skel::{types, NetscopeSkelBuilder};
 use crate::sys;
@@ -20,7 +20,8 @@ use crate::sys;
 pub const MAX_SERVICE_CIDRS: usize = 8;
 /// Default flow-table capacity.
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
-/// Largest accepted capacity: two tables of this many per-CPU entries.
+/// Largest accepted capacity: two sides of this many 56-byte slots, and an
+/// index of as many entries.
 pub const MAX_MAX_FLOWS: u32 = 4 * 1024 * 1024;
 
 /// Settings applied before the program is loaded.
@@ -75,7 +76,9 @@ pub enum LoadError {
 /// State of the double buffer, guarded by one lock so drains never overlap.
 #[derive(Debug)]
 pub(crate) struct BufferState {
-    /// The side (0 = flows_a, 1 = flows_b) the program writes to now.
+    /// The generation the program writes in now (`active_gen`).
+    pub gen: u32,
+    /// The side (0 or 1, the low bit of `gen`) the program writes to now.
     pub active: usize,
     /// Last values read of the lost_* counters (cumulative in the kernel).
     pub lost_seen: (u64, u64),
@@ -91,9 +94,16 @@ pub(crate) struct BufferState {
 pub struct Capture {
     progs: [OwnedFd; 2],
     prog_ids: [u32; 2],
-    pub(crate) tables: [OwnedFd; 2],
-    pub(crate) flow_tables: OwnedFd,
+    /// `flow_slots`, and its mapping.
+    pub(crate) slots: OwnedFd,
+    pub(crate) slot_mem: sys::MappedArray,
+    /// `flow_index` (kept open so that it lives as long as the program).
+    pub(crate) index: OwnedFd,
+    /// `slot_alloc`: next free slot per side.
+    pub(crate) alloc: OwnedFd,
     pub(crate) cache: OwnedFd,
+    /// Waits out running programs after a flip.
+    pub(crate) barrier: sys::RcuBarrier,
     pub(crate) ctl: OwnedFd,
     pub(crate) bss: OwnedFd,
     pub(crate) layout: FlowMapLayout,
@@ -237,7 +247,7 @@ impl Capture {
         }
 
         let ncpus = sys::possible_cpus().map_err(|source| LoadError::Setup {
-            map: "flows_a",
+            map: "flow_slots",
             source,
         })?;
         let mut max_flows = config.max_flows;
@@ -258,37 +268,37 @@ impl Capture {
                 adopted = Some(fds);
             }
         }
+        // Two sides of max_flows slots plus an overflow slot each; an index
+        // entry per slot.
+        let slot_entries = max_flows
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(2))
+            .ok_or_else(|| LoadError::Config(format!("max_flows {max_flows} is too large")))?;
+        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+            rodata.slot_cap = max_flows;
+        }
+        open.maps
+            .flow_slots
+            .set_max_entries(slot_entries)
+            .map_err(LoadError::Open)?;
+        open.maps
+            .flow_index
+            .set_max_entries(max_flows)
+            .map_err(LoadError::Open)?;
         if let Some(fds) = &adopted {
             let maps = [
-                &mut open.maps.flows_a,
-                &mut open.maps.flows_b,
-                &mut open.maps.flow_tables,
+                &mut open.maps.flow_slots,
+                &mut open.maps.flow_index,
+                &mut open.maps.slot_alloc,
                 &mut open.maps.flow_cache,
                 &mut open.maps.data_ctl,
                 &mut open.maps.bss,
             ];
+            // libbpf compares type, sizes, flags and capacity.
             for (map, fd) in maps.into_iter().zip(fds) {
-                if map.name().to_str() != Some("flows_a") && map.name().to_str() != Some("flows_b")
-                {
-                    // libbpf compares type, sizes, flags and capacity.
-                } else {
-                    map.set_max_entries(max_flows + 1)
-                        .map_err(LoadError::Open)?;
-                }
                 map.reuse_fd(fd.as_fd()).map_err(LoadError::Open)?;
             }
         }
-
-        // One extra entry per table for the overflow slot.
-        let entries = max_flows + 1;
-        if adopted.is_none() {
-            for map in [&mut open.maps.flows_a, &mut open.maps.flows_b] {
-                map.set_max_entries(entries).map_err(LoadError::Open)?;
-            }
-        }
-        // The outer map's inner template keeps the compiled-in max_entries:
-        // since 5.10 the kernel does not compare max_entries of inner hash
-        // maps (commit 134fede4eecf), so tables of any size fit the slot.
 
         // NETSCOPE_VERIFIER_STATS=1 asks the verifier for its statistics
         // (BPF_LOG_STATS, 5.2+: "processed N insns (limit L) ..."), logged
@@ -317,11 +327,9 @@ impl Capture {
                 source,
             })?,
         ];
-        let tables = [
-            dup(skel.maps.flows_a.as_fd(), "flows_a")?,
-            dup(skel.maps.flows_b.as_fd(), "flows_b")?,
-        ];
-        let flow_tables = dup(skel.maps.flow_tables.as_fd(), "flow_tables")?;
+        let slots = dup(skel.maps.flow_slots.as_fd(), "flow_slots")?;
+        let index = dup(skel.maps.flow_index.as_fd(), "flow_index")?;
+        let alloc = dup(skel.maps.slot_alloc.as_fd(), "slot_alloc")?;
         let cache = dup(skel.maps.flow_cache.as_fd(), "flow_cache")?;
         let ctl = dup(skel.maps.data_ctl.as_fd(), "data_ctl")?;
         let bss = dup(skel.maps.bss.as_fd(), "bss")?;
@@ -330,15 +338,23 @@ impl Capture {
         drop(skel);
 
         let layout = FlowMapLayout::new(ncpus);
-        // The side the program writes to now (an adopted data_ctl keeps it).
-        let mut active = [0u8; 4];
-        sys::map_lookup(ctl.as_fd(), &0u32.to_ne_bytes(), &mut active).map_err(|source| {
+        // The generation the program writes in now (an adopted data_ctl keeps it).
+        let mut gen = [0u8; 4];
+        sys::map_lookup(ctl.as_fd(), &0u32.to_ne_bytes(), &mut gen).map_err(|source| {
             LoadError::Setup {
                 map: "data_ctl",
                 source,
             }
         })?;
-        let active = usize::from(u32::from_ne_bytes(active) == 1);
+        let gen = u32::from_ne_bytes(gen);
+        let slot_mem = sys::MappedArray::new(slots.as_fd()).map_err(|source| LoadError::Setup {
+            map: "flow_slots",
+            source,
+        })?;
+        let barrier = sys::RcuBarrier::new().map_err(|source| LoadError::Setup {
+            map: "netscope_rcu",
+            source,
+        })?;
         // The lost counters are cumulative: an adopted bss starts from what
         // it holds (the previous agent reported up to about there).
         let mut bss_now = [0u8; 16];
@@ -352,15 +368,19 @@ impl Capture {
         let capture = Capture {
             progs,
             prog_ids,
-            tables,
-            flow_tables,
+            slots,
+            slot_mem,
+            index,
+            alloc,
             cache,
+            barrier,
             ctl,
             bss,
             layout,
             capacity: max_flows,
             state: Mutex::new(BufferState {
-                active,
+                gen,
+                active: (gen & 1) as usize,
                 lost_seen,
                 epoch: (0, None),
             }),
@@ -368,18 +388,13 @@ impl Capture {
             meta: None,
         };
         let mut capture = capture;
-        for (i, name) in [(0, "flows_a"), (1, "flows_b")] {
-            capture
-                .install_overflow_slot(i)
-                .map_err(|source| LoadError::Setup { map: name, source })?;
-        }
         let how = match (pin, adopted.is_some()) {
             (Some(_), true) => Pinned::Adopted,
             (Some(pin), false) => {
                 let fds = [
-                    capture.tables[0].as_fd(),
-                    capture.tables[1].as_fd(),
-                    capture.flow_tables.as_fd(),
+                    capture.slots.as_fd(),
+                    capture.index.as_fd(),
+                    capture.alloc.as_fd(),
                     capture.cache.as_fd(),
                     capture.ctl.as_fd(),
                     capture.bss.as_fd(),
@@ -438,19 +453,51 @@ impl Capture {
         self.pin.as_ref()
     }
 
-    /// Puts the all-zero overflow key into table `i` unless it is there.
-    pub(crate) fn install_overflow_slot(&self, i: usize) -> std::io::Result<()> {
-        let zero_key = [0u8; KEY_SIZE];
-        let zero_val = vec![0u8; self.layout.value_stride()];
-        match sys::map_update(
-            self.tables[i].as_fd(),
-            &zero_key,
-            &zero_val,
-            u64::from(libbpf_sys::BPF_NOEXIST),
-        ) {
-            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => Err(e),
-            _ => Ok(()),
+    /// First entry of `side` in `flow_slots`.
+    pub(crate) fn side_base(&self, side: usize) -> usize {
+        side * (self.capacity as usize + 1)
+    }
+
+    /// Slots handed out on `side` (at most the capacity).
+    pub(crate) fn slots_used(&self, side: usize) -> std::io::Result<usize> {
+        let mut v = [0u8; crate::maps::SLOT_ALLOC_SIZE];
+        sys::map_lookup(self.alloc.as_fd(), &(side as u32).to_ne_bytes(), &mut v)?;
+        let next = u32::from_ne_bytes(v[4..8].try_into().expect("4 bytes"));
+        Ok(next.min(self.capacity) as usize)
+    }
+
+    /// Empties `side`, which no program writes to: its used slots and its
+    /// overflow slot, its allocator, its cache entries (both directions).
+    /// The index keeps its entries: they are of an older generation now.
+    pub(crate) fn clear_side(&self, side: usize) -> std::io::Result<()> {
+        let used = self.slots_used(side)?;
+        let base = self.side_base(side);
+        self.slot_mem.zero(base, used)?;
+        self.slot_mem.zero(base + self.capacity as usize, 1)?;
+        sys::map_update(
+            self.alloc.as_fd(),
+            &(side as u32).to_ne_bytes(),
+            &[0u8; crate::maps::SLOT_ALLOC_SIZE],
+            0,
+        )?;
+        let zero = vec![0u8; self.layout.cache_stride()];
+        for dir in 0..2u32 {
+            sys::map_update(
+                self.cache.as_fd(),
+                &(side as u32 * 2 + dir).to_ne_bytes(),
+                &zero,
+                0,
+            )?;
         }
+        Ok(())
+    }
+
+    /// Makes the program count in generation `gen` (side `gen & 1`).
+    pub(crate) fn set_generation(&self, state: &mut BufferState, gen: u32) -> std::io::Result<()> {
+        sys::map_update(self.ctl.as_fd(), &0u32.to_ne_bytes(), &gen.to_ne_bytes(), 0)?;
+        state.gen = gen;
+        state.active = (gen & 1) as usize;
+        Ok(())
     }
 
     /// The program for `direction`: attach `FromPod` to host-side ingress
@@ -462,13 +509,6 @@ impl Capture {
     /// Kernel id of the program for `direction` (as `bpftool prog` shows it).
     pub fn program_id(&self, direction: Direction) -> u32 {
         self.prog_ids[direction.as_raw() as usize]
-    }
-
-    #[cfg(feature = "testing")]
-    /// The table the program writes to now: (index, fd).
-    pub(crate) fn active_table(&self) -> (usize, BorrowedFd<'_>) {
-        let i = self.state.lock().unwrap_or_else(|p| p.into_inner()).active;
-        (i, self.tables[i].as_fd())
     }
 
     /// Flow-table capacity (excluding the overflow slot).

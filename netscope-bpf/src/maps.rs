@@ -9,12 +9,32 @@ pub const KEY_SIZE: usize = 40;
 /// `sizeof(struct flow_value)`.
 pub const VALUE_SIZE: usize = 16;
 
-/// `sizeof(struct flow_cache)`: a key and a value.
+/// Size of a layout-1 `flow_cache` entry (a key and a value), for reading
+/// the maps an agent of layout 1 pinned.
 pub const CACHE_SIZE: usize = KEY_SIZE + VALUE_SIZE;
+/// `sizeof(struct flow_slot)`: a key and a value.
+pub const SLOT_SIZE: usize = KEY_SIZE + VALUE_SIZE;
+/// `sizeof(struct flow_cache)`: a key, the slot (4 bytes + 4 of padding)
+/// and a value.
+pub const CACHE_ENTRY_SIZE: usize = KEY_SIZE + 8 + VALUE_SIZE;
+/// `sizeof(struct flow_index_val)`.
+pub const INDEX_VALUE_SIZE: usize = 8;
+/// `sizeof(struct slot_alloc)`: the lock and the next free slot.
+pub const SLOT_ALLOC_SIZE: usize = 8;
 
 const _: () = assert!(std::mem::size_of::<crate::skel::types::flow_key>() == KEY_SIZE);
-const _: () = assert!(std::mem::size_of::<crate::skel::types::flow_cache>() == CACHE_SIZE);
+const _: () = assert!(std::mem::size_of::<crate::skel::types::flow_cache>() == CACHE_ENTRY_SIZE);
+const _: () = assert!(std::mem::size_of::<crate::skel::types::flow_slot>() == SLOT_SIZE);
 const _: () = assert!(std::mem::size_of::<crate::skel::types::flow_value>() == VALUE_SIZE);
+const _: () =
+    assert!(std::mem::size_of::<crate::skel::types::flow_index_val>() == INDEX_VALUE_SIZE);
+const _: () = assert!(std::mem::size_of::<crate::skel::types::slot_alloc>() == SLOT_ALLOC_SIZE);
+
+/// Counters at `off` of a raw entry (bytes, then packets, native endian).
+pub fn counters_at(raw: &[u8], off: usize) -> Counters {
+    let word = |i: usize| u64::from_ne_bytes(raw[i..i + 8].try_into().expect("8 bytes"));
+    Counters::new(word(off), word(off + 8))
+}
 
 /// Sizes of per-CPU values for this machine.
 #[derive(Debug, Clone, Copy)]
@@ -38,7 +58,7 @@ impl FlowMapLayout {
 
     /// Bytes of one per-CPU `flow_cache` entry as the syscalls transfer it.
     pub fn cache_stride(&self) -> usize {
-        CACHE_SIZE * self.ncpus
+        CACHE_ENTRY_SIZE * self.ncpus
     }
 
     /// Number of possible CPUs.

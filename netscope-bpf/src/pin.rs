@@ -3,9 +3,9 @@
 //! directory, `<pin root>/v<LAYOUT>/`.
 //!
 //! ```text
-//! /sys/fs/bpf/netscope/v1/
-//!   meta          array map: magic, layout version, max_flows, key size, value size, CPUs
-//!   flows_a flows_b flow_tables flow_cache data_ctl bss
+//! /sys/fs/bpf/netscope/v2/
+//!   meta          array map: magic, layout version, max_flows, key size, slot size, CPUs
+//!   flow_slots flow_index slot_alloc flow_cache data_ctl bss
 //!   links/<ifindex>-<ingress|egress>    TCX links (kernel 6.6+)
 //! ```
 //!
@@ -20,13 +20,18 @@ use std::path::{Path, PathBuf};
 
 use netscope::Direction;
 
-use crate::maps::{KEY_SIZE, VALUE_SIZE};
+use crate::maps::{KEY_SIZE, SLOT_SIZE};
 use crate::sys;
 
 /// Version of the pinned layout (map set, key and value formats). A build
 /// whose layout differs pins under another `v<N>` directory and takes over
 /// from the `v<N-1>` one (see docs/restarts.md).
-pub const LAYOUT_VERSION: u32 = 1;
+///
+/// - 1: per-CPU hash flow tables `flows_a`/`flows_b` behind `flow_tables`.
+/// - 2: mmap-able slot array `flow_slots`, LRU index `flow_index`, slot
+///   allocators, a cache entry per side and direction (issue 20: a drain
+///   reads memory instead of walking hash buckets).
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Test-only: makes this build present itself as another layout version
 /// (to exercise the upgrade path without a second build). Never set it in
@@ -35,13 +40,21 @@ pub const LAYOUT_VERSION_ENV: &str = "NETSCOPE_TEST_LAYOUT_VERSION";
 
 /// The maps that are pinned, by their names in the BPF object.
 pub const PINNED_MAPS: [&str; 6] = [
-    "flows_a",
-    "flows_b",
-    "flow_tables",
+    "flow_slots",
+    "flow_index",
+    "slot_alloc",
     "flow_cache",
     "data_ctl",
     "bss",
 ];
+/// Maps earlier layouts pinned (layout 1): removed with their directory.
+const OLDER_MAPS: [&str; 3] = ["flows_a", "flows_b", "flow_tables"];
+
+/// Every map name a netscope layout pins, meta first (a directory without
+/// meta is never adopted).
+fn all_map_names() -> impl Iterator<Item = &'static str> {
+    std::iter::once(META).chain(PINNED_MAPS).chain(OLDER_MAPS)
+}
 /// Name of the meta map's pin.
 pub const META: &str = "meta";
 /// Subdirectory of the TCX link pins.
@@ -110,7 +123,8 @@ pub struct Meta {
     pub max_flows: u32,
     /// Key size.
     pub key_size: u32,
-    /// Per-CPU value size.
+    /// Value size of the flow table (layout 1: per-CPU value; layout 2:
+    /// slot).
     pub value_size: u32,
     /// Possible CPUs when the maps were made.
     pub ncpus: u32,
@@ -148,7 +162,7 @@ impl Meta {
             layout,
             max_flows,
             key_size: KEY_SIZE as u32,
-            value_size: VALUE_SIZE as u32,
+            value_size: SLOT_SIZE as u32,
             ncpus: ncpus as u32,
         }
     }
@@ -566,7 +580,7 @@ pub fn cleanup(root: &Path) -> Result<Cleanup, PinError> {
             }
         }
         // meta first: a directory without meta is never adopted.
-        for name in std::iter::once(META).chain(PINNED_MAPS) {
+        for name in all_map_names() {
             let p = dir.join(name);
             let Ok(fd) = sys::obj_get(&p) else { continue };
             if sys::map_info(fd.as_fd()).is_err() {
@@ -615,7 +629,7 @@ pub fn remove_layout(dir: &Path) -> Result<Cleanup, PinError> {
             out.dirs.push(links);
         }
     }
-    for name in std::iter::once(META).chain(PINNED_MAPS) {
+    for name in all_map_names() {
         let p = dir.join(name);
         let Ok(fd) = sys::obj_get(&p) else { continue };
         if sys::map_info(fd.as_fd()).is_ok() {

@@ -5,7 +5,7 @@
 //! pass the lengths of the slices they are given.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// libbpf (1.x) returns `-errno` on failure.
@@ -805,5 +805,199 @@ mod tests {
             .expect("fitting batch");
         assert_eq!(n, 1, "the one element");
         assert_eq!(&values[..16], &[7; 16]);
+    }
+}
+
+/// A pair of maps whose only use is to wait out running BPF programs: an
+/// update of an array-of-maps returns only after an RCU grace period
+/// (kernel/bpf/syscall.c, `maybe_wait_bpf_programs`), and every program
+/// runs inside an RCU read-side section. Not shared with the program, never
+/// pinned: any process's map-in-map update waits for every program.
+#[derive(Debug)]
+pub struct RcuBarrier {
+    outer: OwnedFd,
+    inner: OwnedFd,
+}
+
+impl RcuBarrier {
+    /// Creates the two maps (an array and an array-of-maps holding it).
+    ///
+    /// # Errors
+    /// The kernel's error.
+    pub fn new() -> io::Result<RcuBarrier> {
+        let inner = array_map_create("netscope_rcu_in", 4, 1)?;
+        let name = c"netscope_rcu";
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            inner_map_fd: inner.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: name is NUL-terminated and static; opts is a valid,
+        // size-tagged bpf_map_create_opts that outlives the call.
+        let fd = check(unsafe {
+            libbpf_sys::bpf_map_create(
+                libbpf_sys::BPF_MAP_TYPE_ARRAY_OF_MAPS,
+                name.as_ptr(),
+                4,
+                4,
+                1,
+                &opts,
+            )
+        })?;
+        // SAFETY: the kernel just returned this new map fd, owned by nobody else.
+        let outer = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(RcuBarrier { outer, inner })
+    }
+
+    /// Returns once every BPF program that was running when it was called
+    /// has finished.
+    ///
+    /// # Errors
+    /// The kernel's error.
+    pub fn wait(&self) -> io::Result<()> {
+        let fd = self.inner.as_raw_fd();
+        map_update(
+            self.outer.as_fd(),
+            &0u32.to_ne_bytes(),
+            &fd.to_ne_bytes(),
+            0,
+        )
+    }
+}
+
+/// An `mmap` of a `BPF_F_MMAPABLE` array map: its values, back to back
+/// (`value_size` is a multiple of 8 for the maps mapped here, so there is
+/// no padding between them). Reads and writes go through bounds-checked
+/// copies; never hand out a reference into it, the program writes to it
+/// concurrently.
+#[derive(Debug)]
+pub struct MappedArray {
+    ptr: std::ptr::NonNull<u8>,
+    /// Bytes of values: value_size * max_entries.
+    len: usize,
+    /// Bytes mapped (len rounded up to pages).
+    mapped: usize,
+    value_size: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; every access is a bounded
+// copy through a raw pointer, and callers serialise the regions they touch.
+unsafe impl Send for MappedArray {}
+// SAFETY: as for Send; no method hands out references into the mapping.
+unsafe impl Sync for MappedArray {}
+
+impl MappedArray {
+    /// Maps all of `map` read-write.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a map that is not an array; the kernel's error
+    /// (EINVAL for an array without `BPF_F_MMAPABLE`).
+    pub fn new(map: BorrowedFd<'_>) -> io::Result<MappedArray> {
+        let info = map_info(map)?;
+        if info.map_type != libbpf_sys::BPF_MAP_TYPE_ARRAY || info.value_size % 8 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot map {info:?}: not an array of 8-byte multiples"),
+            ));
+        }
+        let value_size = info.value_size as usize;
+        let len = value_size
+            .checked_mul(info.max_entries as usize)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "map too large"))?;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .unwrap_or(4096)
+            .max(1);
+        let mapped = len.div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of the map's fd at offset 0 of the
+        // size the kernel reports; the kernel checks the length again.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        Ok(MappedArray {
+            ptr,
+            len,
+            mapped,
+            value_size,
+        })
+    }
+
+    fn range(&self, first: usize, count: usize) -> io::Result<(usize, usize)> {
+        let start = first.checked_mul(self.value_size);
+        let bytes = count.checked_mul(self.value_size);
+        match (start, bytes) {
+            (Some(s), Some(b)) if s.checked_add(b).is_some_and(|e| e <= self.len) => Ok((s, b)),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "entries {first}..+{count} outside a mapped array of {} entries",
+                    self.len / self.value_size
+                ),
+            )),
+        }
+    }
+
+    /// Copies `count` entries from `first` into `out` (resized to fit).
+    ///
+    /// # Errors
+    /// `InvalidInput` when the range is outside the array.
+    pub fn read(&self, first: usize, count: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        let (start, bytes) = self.range(first, count)?;
+        out.clear();
+        out.resize(bytes, 0);
+        // SAFETY: start..start+bytes is inside the mapping (checked above),
+        // out holds bytes bytes, and the two never overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(start), out.as_mut_ptr(), bytes);
+        }
+        Ok(())
+    }
+
+    /// Zeroes `count` entries from `first`.
+    ///
+    /// # Errors
+    /// `InvalidInput` when the range is outside the array.
+    pub fn zero(&self, first: usize, count: usize) -> io::Result<()> {
+        let (start, bytes) = self.range(first, count)?;
+        // SAFETY: start..start+bytes is inside the writable mapping.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(start), 0, bytes) };
+        Ok(())
+    }
+
+    /// Writes `data` (whole entries) from entry `first`.
+    ///
+    /// # Errors
+    /// `InvalidInput` when `data` is not whole entries or does not fit.
+    pub fn write(&self, first: usize, data: &[u8]) -> io::Result<()> {
+        if data.len() % self.value_size != 0 {
+            return Err(too_small("data", data.len(), self.value_size));
+        }
+        let (start, bytes) = self.range(first, data.len() / self.value_size)?;
+        // SAFETY: start..start+bytes is inside the writable mapping and data
+        // is a separate buffer of bytes bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(start), bytes);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MappedArray {
+    fn drop(&mut self) {
+        // SAFETY: ptr/mapped are exactly what mmap returned; nothing refers
+        // into the mapping after this.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.mapped) };
     }
 }

@@ -116,7 +116,7 @@ fn hostile_pins_are_refused_with_their_path() {
     drop(cap);
     // A map with the right name and the wrong layout: another map pinned as meta.
     dir.prepare().expect("prepare");
-    let flows = other.open_map("flows_a").expect("open flows_a");
+    let flows = other.open_map("flow_slots").expect("open flow_slots");
     dir.pin_map(pin::META, flows.as_fd())
         .expect("pin a wrong map as meta");
     let meta_path = dir.map_path(pin::META);

@@ -8,12 +8,18 @@
  *   the host-side TC egress hook (packets entering the pod).
  * - Transparent: every path returns TC_ACT_UNSPEC (== TCX_NEXT). The program
  *   never drops, redirects or edits a packet, and never ends the chain.
- * - Exact drain: state is double-buffered. active_idx (a global) picks the
- *   flow table (flow_tables[idx]) and the per-CPU cache entry
- *   (flow_cache[idx]). The collector flips active_idx, then makes an
- *   update to flow_tables, which returns only after every running program
- *   has finished (map-in-map updates call synchronize_rcu). The old side is
- *   then quiescent and is drained and cleared.
+ * - Exact drain: state is double-buffered. active_gen (a global) is
+ *   incremented by the collector at every drain; its low bit picks the side
+ *   (half of flow_slots, flow_cache entries) the program counts into. The
+ *   collector flips it, then waits for an RCU grace period (a map-in-map
+ *   update: it returns only after every running program has finished), so
+ *   the old side is quiescent when it reads and empties it.
+ * - Counters live in an mmap-able array of slots: the collector reads a
+ *   side with memory loads, not one syscall per flow. A flow finds its slot
+ *   through flow_index (LRU hash: key -> generation, slot); an entry of an
+ *   older generation is left over and is replaced, never cleared by the
+ *   collector. Should the LRU evict a live entry, the flow gets a second
+ *   slot of the same side and the collector adds the two.
  * - Uses only UAPI __sk_buff fields: loads without kernel BTF.
  */
 #ifndef NETSCOPE_BPF_C
@@ -32,7 +38,6 @@
 
 #include "netscope.h"
 
-#define NS_EEXIST 17
 #define NS_IP_OFFSET 0x1fff /* fragment offset mask of iphdr.frag_off */
 #define NS_MAX_IPV6_EXT 6   /* extension headers walked to find L4 */
 
@@ -50,47 +55,54 @@ struct ns_ipv6_ext {
 	__u8 hdrlen;  /* length, in 8-octet units (4-octet for AH), not counting the first */
 };
 
-/* One flow table; two of them are double-buffered through active_flows. */
-struct flow_map {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);		 /* per-CPU: plain += on the hot path */
-	__uint(max_entries, NS_DEFAULT_MAX_FLOWS + 1); /* flows + the overflow slot; set by the loader */
-	__type(key, struct flow_key);			 /* what is counted */
-	__type(value, struct flow_value);		 /* bytes and packets */
-};
-
-struct flow_map flows_a SEC(".maps"); /* flow table A */
-struct flow_map flows_b SEC(".maps"); /* flow table B */
-
-/* The two flow tables, indexed by active_idx. */
+/* The flow slots of both sides; side s, slot i is entry s * (slot_cap + 1) + i. */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS); /* updating it waits for running programs */
-	__uint(max_entries, 2);			  /* table A, table B */
-	__type(key, __u32);			  /* active_idx */
-	__array(values, struct flow_map);	  /* inner tables share flow_map's shape */
-} flow_tables SEC(".maps") = {
-	.values = {[0] = &flows_a, [1] = &flows_b},
-};
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);			/* the collector reads it by mmap */
+	__uint(max_entries, 2 * (NS_DEFAULT_MAX_FLOWS + 1)); /* set by the loader */
+	__type(key, __u32);					/* side * (slot_cap + 1) + slot */
+	__type(value, struct flow_slot);			/* key and counters */
+} flow_slots SEC(".maps");
 
-/* Per-CPU last-flow cache, one entry per side. */
+/* Which slot a flow counts into in the current generation. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);		/* left-over entries age out */
+	__uint(max_entries, NS_DEFAULT_MAX_FLOWS);	/* set by the loader */
+	__type(key, struct flow_key);			/* the flow */
+	__type(value, struct flow_index_val);		/* generation and slot */
+} flow_index SEC(".maps");
+
+/* Next free slot of each side. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY); /* spin lock inside: 5.10 has no fetch-add */
+	__uint(max_entries, 2);		  /* one per side */
+	__type(key, __u32);		  /* side */
+	__type(value, struct slot_alloc); /* lock and next slot */
+} slot_alloc SEC(".maps");
+
+/* Per-CPU last-flow cache, one entry per side and direction. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); /* per-CPU: no atomics */
-	__uint(max_entries, 2);			 /* one per side */
-	__type(key, __u32);			 /* active_idx */
-	__type(value, struct flow_cache);	 /* last flow and its counters */
+	__uint(max_entries, 4);			 /* side * 2 + direction */
+	__type(key, __u32);			 /* side * 2 + direction */
+	__type(value, struct flow_cache);	 /* last flow, its slot, its counters */
 } flow_cache SEC(".maps");
 
-/* Which side the program writes to (0 or 1). Written only by the collector;
- * its own section keeps it apart from the counters in .bss. */
-__u32 active_idx SEC(".data.ctl") = 0;
+/* Generation of the side the program writes to (side = low bit). Written
+ * only by the collector; its own section keeps it apart from .bss. */
+__u32 active_gen SEC(".data.ctl") = 0;
+
+/* Slots per side (the overflow slot comes on top); set before load. */
+const volatile __u32 slot_cap = NS_DEFAULT_MAX_FLOWS;
 
 /* Service CIDRs, set before load. With a count of 0 the verifier removes the check. */
 const volatile __u32 svc_cidr_count = 0;
 const volatile struct svc_cidr svc_cidrs[NS_MAX_SERVICE_CIDRS] = {};
 
 /*
- * Bytes that found neither a flow slot nor the overflow slot. The loader
- * always installs the overflow slot, so this stays 0 unless something is
- * badly wrong; it is reported, never ignored.
+ * Bytes that found no slot at all (an index outside flow_slots). The array
+ * always has the overflow slots, so this stays 0 unless something is badly
+ * wrong; it is reported, never ignored.
  */
 __u64 lost_bytes = 0;
 __u64 lost_packets = 0;
@@ -229,41 +241,56 @@ static __always_inline int ns_key_eq(const struct flow_key *a, const struct flow
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
 }
 
-/* Adds to key's slot in the table, creating it; a full table counts into the
- * overflow slot (the all-zero key, which the collector keeps installed). */
-static __always_inline void ns_table_add(void *flows, const struct flow_key *key, __u64 bytes,
-					 __u64 packets)
+/* Adds to entry idx of flow_slots (atomic: several CPUs share a slot). */
+static __always_inline void ns_slot_add(__u32 idx, __u64 bytes, __u64 packets)
 {
-	struct flow_value *v = bpf_map_lookup_elem(flows, key);
+	struct flow_slot *s = bpf_map_lookup_elem(&flow_slots, &idx);
 
-	if (v) {
-		ns_add(v, bytes, packets);
-		return;
-	}
-
-	struct flow_value init = {.bytes = bytes, .packets = packets};
-	long err = bpf_map_update_elem(flows, key, &init, BPF_NOEXIST);
-
-	if (err == 0)
-		return;
-	if (err == -NS_EEXIST) {
-		/* Another CPU inserted the key first; our per-CPU slot is there now. */
-		v = bpf_map_lookup_elem(flows, key);
-		if (v) {
-			ns_add(v, bytes, packets);
-			return;
-		}
-	}
-
-	struct flow_key overflow = {};
-
-	v = bpf_map_lookup_elem(flows, &overflow);
-	if (v) {
-		ns_add(v, bytes, packets);
+	if (s) {
+		__sync_fetch_and_add(&s->val.bytes, bytes);
+		__sync_fetch_and_add(&s->val.packets, packets);
 	} else {
 		__sync_fetch_and_add(&lost_bytes, bytes);
 		__sync_fetch_and_add(&lost_packets, packets);
 	}
+}
+
+/*
+ * The slot of key in side `side` for generation gen: the indexed one, or a
+ * new one (its key written before it is indexed). A full side gives the
+ * overflow slot (slot_cap), indexed as well so that the flow does not ask
+ * again in this generation.
+ */
+static __always_inline __u32 ns_find_slot(const struct flow_key *key, __u32 gen, __u32 side,
+					   __u32 base)
+{
+	struct flow_index_val *iv = bpf_map_lookup_elem(&flow_index, key);
+
+	if (iv && iv->gen == gen)
+		return iv->slot;
+
+	struct slot_alloc *a = bpf_map_lookup_elem(&slot_alloc, &side);
+	__u32 n = slot_cap;
+
+	if (a) {
+		bpf_spin_lock(&a->lock);
+		if (a->next < slot_cap) {
+			n = a->next;
+			a->next = n + 1;
+		}
+		bpf_spin_unlock(&a->lock);
+	}
+	if (n < slot_cap) {
+		__u32 idx = base + n;
+		struct flow_slot *s = bpf_map_lookup_elem(&flow_slots, &idx);
+
+		if (s)
+			s->key = *key;
+	}
+	struct flow_index_val v = {.gen = gen, .slot = n};
+
+	bpf_map_update_elem(&flow_index, key, &v, BPF_ANY);
+	return n;
 }
 
 static __always_inline int ns_count(struct __sk_buff *skb, const __u8 dir)
@@ -387,24 +414,25 @@ static __always_inline int ns_count(struct __sk_buff *skb, const __u8 dir)
 		}
 	}
 
-	__u32 idx = *(volatile __u32 *)&active_idx;
-	struct flow_cache *c = bpf_map_lookup_elem(&flow_cache, &idx);
+	__u32 gen = *(volatile __u32 *)&active_gen;
+	__u32 side = gen & 1;
+	__u32 ci = side * 2 + dir;
+	struct flow_cache *c = bpf_map_lookup_elem(&flow_cache, &ci);
 
 	if (!c)
 		return TC_ACT_UNSPEC;
 	if (ns_key_eq(&c->key, &key)) {
-		/* Hot path: same flow as this CPU's previous packet. */
+		/* Hot path: same flow as this CPU's previous packet in this direction. */
 		ns_add(&c->val, bytes, packets);
 		return TC_ACT_UNSPEC;
 	}
 
-	void *flows = bpf_map_lookup_elem(&flow_tables, &idx);
+	/* Add the previous flow into its slot, then cache this one. */
+	__u32 base = side * (slot_cap + 1);
 
-	if (!flows)
-		return TC_ACT_UNSPEC;
-	/* Move the previous flow into the table, then cache this one. */
 	if (c->key.family != NS_FAMILY_OVERFLOW)
-		ns_table_add(flows, &c->key, c->val.bytes, c->val.packets);
+		ns_slot_add(base + c->slot, c->val.bytes, c->val.packets);
+	c->slot = ns_find_slot(&key, gen, side, base);
 	c->key = key;
 	c->val.bytes = bytes;
 	c->val.packets = packets;

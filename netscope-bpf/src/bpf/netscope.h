@@ -6,6 +6,7 @@
 #ifndef NETSCOPE_H
 #define NETSCOPE_H
 
+#include <linux/bpf.h>
 #include <linux/types.h>
 
 /* Direction of a packet, seen from the host side of the pod's link. */
@@ -20,7 +21,7 @@
 /* How many Service CIDRs the program can match against. */
 #define NS_MAX_SERVICE_CIDRS 8
 
-/* Default flow-table capacity; the loader overrides it before load. */
+/* Default flow capacity (slots per side); the loader overrides it before load. */
 #define NS_DEFAULT_MAX_FLOWS 65536
 
 /*
@@ -41,20 +42,52 @@ struct flow_key {
 	__u16 dport;	/* L4 destination port, host byte order, Service traffic only */
 };
 
-/* Per-CPU counters of one flow. */
+/* Counters of one flow. */
 struct flow_value {
 	__u64 bytes;   /* L3 wire bytes: IP header + payload, per segment */
 	__u64 packets; /* wire packets (GSO segments) */
 };
 
 /*
- * Per-CPU one-entry cache: the flow this CPU counted last and what it has
- * accumulated since. A packet of the same flow adds here (no hash lookup);
- * a packet of another flow first moves this entry into the flow table.
- * family 0 means empty. The collector drains it with the table.
+ * One slot of the flow slot array (mmap-able; read by the collector without
+ * a syscall per flow). Slot i of side s is entry s * (slot_cap + 1) + i; the
+ * last slot of each side (i == slot_cap) is the overflow slot, key all-zero.
+ * The key is written once when the slot is handed out; the counters are
+ * added atomically.
+ */
+struct flow_slot {
+	struct flow_key key;   /* the flow (all-zero: overflow or unused) */
+	struct flow_value val; /* counted into this slot */
+};
+
+/*
+ * Where a flow's slot is: the generation it was handed out in and its index
+ * within its side. A generation other than the current one means no slot
+ * yet in this interval (the entry is left over; the LRU ages it out).
+ */
+struct flow_index_val {
+	__u32 gen;  /* active_gen when the slot was handed out */
+	__u32 slot; /* index within the side, slot_cap = overflow slot */
+};
+
+/* Per-side slot allocator: the next free slot, under a lock (5.10 has no
+ * fetching atomics in BPF). The collector resets it when it empties a side. */
+struct slot_alloc {
+	struct bpf_spin_lock lock; /* guards next */
+	__u32 next;		   /* next free slot of the side, at most slot_cap */
+};
+
+/*
+ * Per-CPU last-flow cache, one entry per side and direction: the flow this
+ * CPU counted last in that direction, its slot, and what it has accumulated
+ * since. A packet of the same flow adds here (no lookup at all); a packet of
+ * another flow first adds this entry into its slot. family 0 means empty.
+ * The collector reads it with the slots.
  */
 struct flow_cache {
 	struct flow_key key;   /* the cached flow */
+	__u32 slot;	       /* its slot within the side */
+	__u32 pad;	       /* explicit padding, always 0 */
 	struct flow_value val; /* counted since it was cached */
 };
 

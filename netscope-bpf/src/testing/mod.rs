@@ -314,27 +314,44 @@ impl TestPrograms {
     }
 }
 
-/// Fills the table the program writes to now with `keys` (one value each,
-/// put on CPU 0), for the drain benchmark.
+/// Fills the side the program writes to now with `keys` (one slot each,
+/// `value` in each), for the drain benchmark. The index is not written: a
+/// packet of one of these flows would take a new slot.
 ///
 /// # Errors
-/// The kernel's error (E2BIG when the table is too small).
+/// `InvalidInput` when there are more keys than slots; the kernel's error.
 pub fn fill_active_table(
     capture: &crate::Capture,
     keys: &[netscope::FlowKey],
     value: netscope::Counters,
 ) -> std::io::Result<()> {
-    let (idx, fd) = capture.active_table();
-    let _ = idx;
-    let stride = capture.layout.value_stride();
-    let mut kbuf = Vec::with_capacity(keys.len() * crate::maps::KEY_SIZE);
-    let mut vbuf = vec![0u8; keys.len() * stride];
-    for (i, k) in keys.iter().enumerate() {
-        kbuf.extend_from_slice(&crate::maps::encode_key(k));
-        vbuf[i * stride..i * stride + 8].copy_from_slice(&value.bytes.to_ne_bytes());
-        vbuf[i * stride + 8..i * stride + 16].copy_from_slice(&value.packets.to_ne_bytes());
+    use crate::maps::{KEY_SIZE, SLOT_SIZE};
+    if keys.len() > capture.capacity as usize {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} keys, {} slots", keys.len(), capture.capacity),
+        ));
     }
-    sys::map_update_batch(fd, &kbuf, crate::maps::KEY_SIZE, &vbuf, stride)
+    let side = capture
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .active;
+    let mut buf = vec![0u8; keys.len() * SLOT_SIZE];
+    for (slot, k) in buf.chunks_exact_mut(SLOT_SIZE).zip(keys) {
+        slot[..KEY_SIZE].copy_from_slice(&crate::maps::encode_key(k));
+        slot[KEY_SIZE..KEY_SIZE + 8].copy_from_slice(&value.bytes.to_ne_bytes());
+        slot[KEY_SIZE + 8..].copy_from_slice(&value.packets.to_ne_bytes());
+    }
+    capture.slot_mem.write(capture.side_base(side), &buf)?;
+    let mut alloc = [0u8; crate::maps::SLOT_ALLOC_SIZE];
+    alloc[4..8].copy_from_slice(&(keys.len() as u32).to_ne_bytes());
+    sys::map_update(
+        capture.alloc.as_fd(),
+        &(side as u32).to_ne_bytes(),
+        &alloc,
+        0,
+    )
 }
 
 /// Attaches a helper program with TCX at the end of the chain (after
@@ -350,33 +367,6 @@ pub fn tcx_append(prog: BorrowedFd<'_>, ifindex: u32, ingress: bool) -> std::io:
         libbpf_sys::BPF_TCX_EGRESS
     };
     sys::tcx_link_create_flags(prog, ifindex, ty, 0)
-}
-
-/// The naive way to read a flow table (one `get_next_key` + one lookup per
-/// entry, as libbpf-rs's `keys()` + `lookup_percpu` would), for the drain
-/// benchmark's baseline. Reads the active table without deleting anything.
-///
-/// # Errors
-/// The kernel's error.
-pub fn naive_read_active(capture: &crate::Capture) -> std::io::Result<usize> {
-    let (_, fd) = capture.active_table();
-    let stride = capture.layout.value_stride();
-    let mut key = [0u8; crate::maps::KEY_SIZE];
-    let mut next = [0u8; crate::maps::KEY_SIZE];
-    let mut value = vec![0u8; stride];
-    let mut n = 0;
-    let mut first = true;
-    loop {
-        let more = sys::map_get_next_key(fd, if first { None } else { Some(&key) }, &mut next)?;
-        if !more {
-            return Ok(n);
-        }
-        first = false;
-        if sys::map_lookup(fd, &next, &mut value)? {
-            n += 1;
-        }
-        key = next;
-    }
 }
 
 /// Number of possible CPUs (per-CPU value stride).
@@ -466,8 +456,9 @@ pub fn loaded_programs(prefix: &str) -> std::io::Result<Vec<(u32, String)>> {
     Ok(out)
 }
 
-/// Reads and empties the side the program writes to now (its per-CPU cache
-/// entries and its flow table; the overflow slot stays installed). Unlike
+/// Reads and empties the side the program writes to now (its slots, its
+/// per-CPU cache entries) and moves the program to a new generation of the
+/// same side (so that no index entry points at an emptied slot). Unlike
 /// [`BpfCollector`](crate::BpfCollector) it neither flips sides nor waits
 /// for running programs (an RCU grace period, milliseconds), so it is exact
 /// only when no program can run meanwhile: attached nowhere, and run only
@@ -477,61 +468,12 @@ pub fn loaded_programs(prefix: &str) -> std::io::Result<Vec<(u32, String)>> {
 /// # Errors
 /// The kernel's error on a map operation.
 pub fn take_active(capture: &crate::Capture) -> std::io::Result<netscope::Drain> {
-    use crate::maps::{decode_key, RawKey, CACHE_SIZE, KEY_SIZE};
-    let (idx, table) = capture.active_table();
-    let layout = &capture.layout;
-    let mut found: Vec<([u8; KEY_SIZE], netscope::Counters)> = Vec::new();
-    let mut add = |key: &[u8], counters: netscope::Counters| {
-        let key: [u8; KEY_SIZE] = key.try_into().expect("key size");
-        match found.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, c)) => *c += counters,
-            None => found.push((key, counters)),
-        }
-    };
-    let idx_key = (idx as u32).to_ne_bytes();
-    let mut cache = vec![0u8; layout.cache_stride()];
-    sys::map_lookup(capture.cache.as_fd(), &idx_key, &mut cache)?;
-    for cpu in cache.chunks_exact(CACHE_SIZE) {
-        if cpu[32] != 0 {
-            add(&cpu[..KEY_SIZE], layout.fold(&cpu[KEY_SIZE..]));
-        }
-    }
-    sys::map_update(capture.cache.as_fd(), &idx_key, &vec![0u8; cache.len()], 0)?;
-    let stride = layout.value_stride();
-    let (mut keys, mut values) = (vec![0u8; 64 * KEY_SIZE], vec![0u8; 64 * stride]);
-    let mut token = None;
-    loop {
-        let (n, done) = sys::map_lookup_and_delete_batch(
-            table,
-            &mut token,
-            &mut keys,
-            KEY_SIZE,
-            &mut values,
-            stride,
-        )?;
-        for i in 0..n {
-            add(
-                &keys[i * KEY_SIZE..(i + 1) * KEY_SIZE],
-                layout.fold(&values[i * stride..(i + 1) * stride]),
-            );
-        }
-        if done {
-            break;
-        }
-    }
-    capture.install_overflow_slot(idx)?;
-    let mut drain = netscope::Drain {
-        capacity: capture.capacity as usize,
-        ..netscope::Drain::default()
-    };
-    for (key, counters) in found {
-        match decode_key(&key) {
-            RawKey::Flow(key) if !counters.is_zero() => {
-                drain.samples.push(netscope::FlowSample { key, counters })
-            }
-            RawKey::Flow(_) => {}
-            RawKey::Overflow | RawKey::Invalid => drain.overflow += counters,
-        }
-    }
-    Ok(drain)
+    let mut state = capture.state.lock().unwrap_or_else(|p| p.into_inner());
+    let side = state.active;
+    let mut buf = Vec::new();
+    let reader = crate::collector::SideReader::read_side(capture, side, &mut buf)?;
+    capture.clear_side(side)?;
+    let gen = state.gen.wrapping_add(2);
+    capture.set_generation(&mut state, gen)?;
+    Ok(reader.into_drain(capture.capacity).0)
 }
