@@ -72,7 +72,7 @@ struct Args {
     failpoint: Option<String>,
     /// With --restarts: at half the run, a rolling upgrade of the restarted
     /// node's agent: SIGTERM, then an agent presenting another pinned
-    /// layout (test-only NETSCOPE_TEST_LAYOUT_VERSION=2) takes over its
+    /// layout (test-only NETSCOPE_TEST_LAYOUT_VERSION = this build's + 1) takes over its
     /// links and drains the old layout's maps. Every pair stays exact.
     #[arg(long, requires = "restarts")]
     upgrade: bool,
@@ -792,18 +792,19 @@ fn run(
             if agents[i].alive() {
                 bail!("the agent on {} did not stop on SIGTERM", n.name);
             }
+            let next = netscope_bpf::pin::LAYOUT_VERSION + 1;
             println!(
-                "  {:>4}s  agent on {} stopped (SIGTERM) and replaced by a build of pinned layout v2 (rolling upgrade)",
+                "  {:>4}s  agent on {} stopped (SIGTERM) and replaced by a build of pinned layout v{next} (rolling upgrade)",
                 t0.elapsed().as_secs(),
                 n.name
             );
             agents[i] = spawn_in_env(
                 &n.ns,
-                &format!("agent-{}-v2", n.name),
+                &format!("agent-{}-v{next}", n.name),
                 agent_bin,
                 &agent_args(n),
                 dir,
-                &[("NETSCOPE_TEST_LAYOUT_VERSION", "2")],
+                &[("NETSCOPE_TEST_LAYOUT_VERSION", &next.to_string())],
             )?;
             wait_attached(&mut agents[i], links_of(&cluster, i), interrupted)?;
         }
@@ -913,13 +914,17 @@ fn run(
             moved.as_ref(),
         )?;
         if args.upgrade {
-            // The v2 agent took the links over and drained the v1 maps.
+            // The next layout's agent took the links over and drained the old maps.
             let log = std::fs::read_to_string(&agents[RESTARTED_NODE].log).unwrap_or_default();
             let drained =
                 log.contains("the older layout's maps are drained (both sides) and removed");
             let adopted = log.matches("adopted a pinned TCX link").count();
+            let (old, new) = (
+                netscope_bpf::pin::LAYOUT_VERSION,
+                netscope_bpf::pin::LAYOUT_VERSION + 1,
+            );
             println!(
-                "verify: rolling upgrade: layout v1 drained and removed by the v2 agent: {drained}; pinned TCX links it adopted: {adopted}"
+                "verify: rolling upgrade: layout v{old} drained and removed by the v{new} agent: {drained}; pinned TCX links it adopted: {adopted}"
             );
             failed |= !drained;
         }

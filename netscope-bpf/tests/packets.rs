@@ -282,6 +282,61 @@ fn gso_packet_counts_its_segments() {
 }
 
 #[test]
+fn request_and_response_of_one_connection_both_stay_cached() {
+    let cap = load(CaptureConfig::default());
+    let req = FrameSpec::new("10.7.0.1", "10.7.1.1", L4Spec::Tcp(40000, 80), 100);
+    let resp = FrameSpec::new("10.7.1.1", "10.7.0.1", L4Spec::Tcp(80, 40000), 1000);
+    for _ in 0..100 {
+        run(&cap, Direction::FromPod, &req.build());
+        run(&cap, Direction::ToPod, &resp.build());
+    }
+    // One cache entry per direction: after the first packet of each, every
+    // packet was a cache hit, so nothing has been added into a slot yet
+    // (with one entry for both directions, each packet would move the
+    // other direction's flow into its slot: 198 packets there).
+    assert_eq!(
+        netscope_bpf::testing::active_slot_totals(&cap).expect("read the slots"),
+        Counters::default(),
+        "alternating directions evicted each other from the cache"
+    );
+    let (m, overflow) = drained(&cap);
+    assert!(overflow.is_zero());
+    assert_eq!(
+        m.get(&key("10.7.0.1", "10.7.1.1", Direction::FromPod)),
+        Some(&Counters::new(100 * req.l3_len() as u64, 100))
+    );
+    assert_eq!(
+        m.get(&key("10.7.1.1", "10.7.0.1", Direction::ToPod)),
+        Some(&Counters::new(100 * resp.l3_len() as u64, 100))
+    );
+    assert_eq!(m.len(), 2);
+}
+
+#[test]
+fn a_flow_with_two_slots_is_returned_once_with_both() {
+    // A flow whose index entry is lost (evicted by the LRU, or two CPUs
+    // handing out a slot at once) takes a second slot in the same side;
+    // the drain adds them and returns the flow once.
+    let cap = load(CaptureConfig::default());
+    let mut sent = BTreeMap::new();
+    for round in 0..3 {
+        for i in 0..40u8 {
+            let dst = format!("10.8.1.{i}");
+            let f = FrameSpec::new("10.8.0.1", &dst, L4Spec::Udp(1, 2), 10 + round);
+            run(&cap, Direction::FromPod, &f.build());
+            *sent
+                .entry(key("10.8.0.1", &dst, Direction::FromPod))
+                .or_insert_with(Counters::default) += Counters::new(f.l3_len() as u64, 1);
+        }
+        let forgotten = netscope_bpf::testing::forget_index(&cap).expect("empty the index");
+        assert_eq!(forgotten, 40, "one index entry per flow");
+    }
+    let (got, overflow) = drained(&cap);
+    assert!(overflow.is_zero());
+    assert_eq!(got, sent, "every flow once, with all its slots");
+}
+
+#[test]
 fn full_table_overflows_into_the_overflow_counter() {
     let cap = load(CaptureConfig {
         max_flows: 4,

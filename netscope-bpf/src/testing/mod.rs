@@ -477,3 +477,41 @@ pub fn take_active(capture: &crate::Capture) -> std::io::Result<netscope::Drain>
     capture.set_generation(&mut state, gen)?;
     Ok(reader.into_drain(capture.capacity).0)
 }
+
+/// What the slots of the side the program writes to now hold (the per-CPU
+/// cache entries not included): how much has left the caches since the
+/// side was last emptied.
+///
+/// # Errors
+/// The kernel's error on a map operation.
+pub fn active_slot_totals(capture: &crate::Capture) -> std::io::Result<netscope::Counters> {
+    use crate::maps::{counters_at, KEY_SIZE, SLOT_SIZE};
+    let side = capture.state.lock().unwrap_or_else(|p| p.into_inner()).active;
+    let mut buf = Vec::new();
+    // Every slot of the side, the overflow slot included.
+    capture
+        .slot_mem
+        .read(capture.side_base(side), capture.capacity as usize + 1, &mut buf)?;
+    let mut total = netscope::Counters::default();
+    for slot in buf.chunks_exact(SLOT_SIZE) {
+        total += counters_at(slot, KEY_SIZE);
+    }
+    Ok(total)
+}
+
+/// Deletes every entry of the flow index, as an LRU eviction of live
+/// entries would: the next packet of each flow takes a new slot. Returns
+/// how many there were.
+///
+/// # Errors
+/// The kernel's error on a map operation.
+pub fn forget_index(capture: &crate::Capture) -> std::io::Result<usize> {
+    let mut key = [0u8; crate::maps::KEY_SIZE];
+    let mut n = 0;
+    while sys::map_get_next_key(capture.index.as_fd(), None, &mut key)? {
+        if sys::map_delete(capture.index.as_fd(), &key)? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
