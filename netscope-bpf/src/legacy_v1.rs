@@ -311,7 +311,18 @@ impl V1Collector {
         let mut active = [0u8; 4];
         sys::map_lookup(ctl.as_fd(), &0u32.to_ne_bytes(), &mut active)
             .map_err(io_err("reading", &ctl_path))?;
-        let active = usize::from(u32::from_ne_bytes(active) == 1);
+        let mut active = usize::from(u32::from_ne_bytes(active) == 1);
+        // A stage always flips away from the side it stages, so a staged
+        // side that is also the active one is a state no layout-1 agent
+        // leaves. Taken as written, the second round would read the staged
+        // side again and never the other: the other side is taken as
+        // active instead, so that two rounds still cover both.
+        let (_, staged) =
+            pin::read_epoch(meta_fd.as_fd()).map_err(io_err("reading", &meta_path))?;
+        if staged == Some(active) {
+            tracing::warn!(dir = ?dir, side = active, "the layout-1 meta stages the side data_ctl names active; draining the other side next");
+            active = 1 - active;
+        }
         // The lost counters are cumulative: what they hold now was the
         // previous agent's to report (as when an agent adopts its own layout).
         let bss_path = dir.join(bss_m.pin);

@@ -284,6 +284,26 @@ fn a_crash_between_stage_and_commit_restages_the_same_counts() {
     assert_empty(&dir);
 }
 
+#[test]
+fn a_stage_of_the_active_side_still_drains_both_sides() {
+    // No layout-1 agent leaves this (a stage flips away from the side it
+    // stages), but the two rounds must cover both sides anyway.
+    let root = Root::new("inconsistent");
+    let dir = create_v1_dir(&root.0, 16).expect("create the v1 dir (needs root)");
+    let sides = fill_both_sides(&dir);
+    v1_set_active(&dir, 0).expect("active");
+    v1_set_epoch(&dir, 3, Some(0)).expect("epoch");
+    let mut c = V1Collector::open(&dir).expect("open");
+    let first = c.stage().expect("stage 1");
+    assert_eq!(first.epoch, 3);
+    assert_side(&first.drain, &sides[0], "round 1 (the staged side 0)");
+    c.commit(first.epoch).expect("commit");
+    let second = c.drain().expect("round 2");
+    assert_side(&second, &sides[1], "round 2 (side 1)");
+    assert_eq!(c.drain().expect("round 3").total(), Counters::default());
+    assert_empty(&dir);
+}
+
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
