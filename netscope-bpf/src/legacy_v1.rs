@@ -163,6 +163,19 @@ fn fold(value: &[u8]) -> Counters {
     c
 }
 
+/// A map type as `bpftool` names it.
+fn type_name(t: u32) -> String {
+    match t {
+        libbpf_sys::BPF_MAP_TYPE_HASH => "hash".into(),
+        libbpf_sys::BPF_MAP_TYPE_ARRAY => "array".into(),
+        libbpf_sys::BPF_MAP_TYPE_PERCPU_HASH => "percpu_hash".into(),
+        libbpf_sys::BPF_MAP_TYPE_PERCPU_ARRAY => "percpu_array".into(),
+        libbpf_sys::BPF_MAP_TYPE_ARRAY_OF_MAPS => "array_of_maps".into(),
+        libbpf_sys::BPF_MAP_TYPE_LRU_PERCPU_HASH => "lru_percpu_hash".into(),
+        t => format!("type {t}"),
+    }
+}
+
 fn foreign(path: &Path, reason: String) -> PinError {
     PinError::Foreign {
         path: path.to_path_buf(),
@@ -193,14 +206,14 @@ fn open_checked(dir: &Path, m: &V1Map, max_flows: u32) -> Result<(OwnedFd, u32),
         return Err(foreign(
             &path,
             format!(
-                "not layout 1's {} map: the kernel says type {}, key {} B, value {} B, {} entries; \
-                 layout 1 has type {}, key {} B, value {} B, {} entries",
+                "not layout 1's {} map: the kernel says {}, key {} B, value {} B, {} entries; \
+                 layout 1 has {}, key {} B, value {} B, {} entries",
                 m.pin,
-                info.map_type,
+                type_name(info.map_type),
                 info.key_size,
                 info.value_size,
                 info.max_entries,
-                m.map_type,
+                type_name(m.map_type),
                 m.key_size,
                 m.value_size,
                 want
@@ -284,6 +297,12 @@ impl V1Collector {
         // The program picks its table from flow_tables: its slots must hold
         // the two pinned tables (a lookup from user space gives the inner
         // map's id), or the flip and the barrier would act on other maps.
+        if id_a == id_b {
+            return Err(foreign(
+                &dir.join(b.pin),
+                format!("the same map (id {id_a}) as {}", a.pin),
+            ));
+        }
         let tables_path = dir.join(tables_m.pin);
         for (side, id) in [id_a, id_b].into_iter().enumerate() {
             let mut slot = [0u8; 4];
@@ -291,7 +310,7 @@ impl V1Collector {
                 sys::map_lookup(flow_tables.as_fd(), &(side as u32).to_ne_bytes(), &mut slot)
                     .map_err(io_err("reading", &tables_path))?;
             let held = u32::from_ne_bytes(slot);
-            if !found || held != id || id_a == id_b {
+            if !found || held != id {
                 return Err(foreign(
                     &tables_path,
                     format!(

@@ -336,7 +336,11 @@ fn pins_of_another_shape_are_refused_with_their_path() {
     // flows_a replaced by an array.
     let dir = create_v1_dir(&root.0.join("a"), 32).expect("create (needs root)");
     v1_replace_pin(&dir, "flows_a", array, 4, 16, 33).expect("replace");
-    let e = refused(&dir, &dir.join("flows_a"), "not layout 1's flows_a map");
+    let e = refused(
+        &dir,
+        &dir.join("flows_a"),
+        "not layout 1's flows_a map: the kernel says array",
+    );
     assert!(matches!(e, PinError::Foreign { .. }), "{e:?}");
 
     // flows_b: the right type with another capacity.
@@ -348,6 +352,15 @@ fn pins_of_another_shape_are_refused_with_their_path() {
     let dir = create_v1_dir(&root.0.join("c"), 32).expect("create");
     v1_replace_pin(&dir, "flows_a", percpu_hash, 40, 16, 33).expect("replace");
     refused(&dir, &dir.join("flow_tables"), "slot 0 holds map id");
+
+    // flows_b pinned as a second name of flows_a.
+    let pd = pin::PinDir::with_layout(root.0.join("c2"), 1);
+    let dir = create_v1_dir(pd.root(), 32).expect("create");
+    std::fs::remove_file(dir.join("flows_b")).expect("rm flows_b");
+    let flows_a = pd.open_map("flows_a").expect("open flows_a");
+    pd.pin_map("flows_b", std::os::fd::AsFd::as_fd(&flows_a))
+        .expect("pin flows_a as flows_b");
+    refused(&dir, &dir.join("flows_b"), "the same map");
 
     // A cache with another value size, a bss of another size.
     let dir = create_v1_dir(&root.0.join("d"), 32).expect("create");
