@@ -841,6 +841,31 @@ mod fixtures {
         sys::map_update(open(dir, TABLES[side])?.as_fd(), key, &value, 0)
     }
 
+    /// Sets many entries of side `side`'s table at once (one batch update):
+    /// flow i's counters on CPU `i % CPUs`.
+    ///
+    /// # Errors
+    /// As [`v1_put_flow`].
+    pub fn v1_put_flows(
+        dir: &Path,
+        side: usize,
+        flows: &[([u8; V1_KEY_SIZE], Counters)],
+    ) -> io::Result<()> {
+        check_side(side)?;
+        let ncpus = sys::possible_cpus()?;
+        let stride = V1_VALUE_SIZE * ncpus;
+        let mut keys = Vec::with_capacity(flows.len() * V1_KEY_SIZE);
+        let mut values = vec![0u8; flows.len() * stride];
+        for (i, (key, c)) in flows.iter().enumerate() {
+            keys.extend_from_slice(key);
+            let at = i * stride + (i % ncpus) * V1_VALUE_SIZE;
+            values[at..at + 8].copy_from_slice(&c.bytes.to_ne_bytes());
+            values[at + 8..at + 16].copy_from_slice(&c.packets.to_ne_bytes());
+        }
+        let table = open(dir, TABLES[side])?;
+        sys::map_update_batch(table.as_fd(), &keys, V1_KEY_SIZE, &values, stride)
+    }
+
     /// Sets side `side`'s per-CPU cache entry in `dir`: CPU i holds
     /// `per_cpu[i]` (a flow and its counters not yet in the table), or
     /// nothing.
@@ -969,6 +994,6 @@ mod fixtures {
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use fixtures::{
-    create_v1_dir, v1_epoch, v1_map_shape, v1_pins, v1_put_cache, v1_put_flow, v1_replace_pin,
-    v1_set_active, v1_set_epoch, v1_set_lost, v1_side_contents, V1MapShape,
+    create_v1_dir, v1_epoch, v1_map_shape, v1_pins, v1_put_cache, v1_put_flow, v1_put_flows,
+    v1_replace_pin, v1_set_active, v1_set_epoch, v1_set_lost, v1_side_contents, V1MapShape,
 };

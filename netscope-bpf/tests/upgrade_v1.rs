@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use netscope::{Collector, Counters, Direction, FlowKey, FlowSample, L4};
 use netscope_bpf::legacy_v1::{
-    create_v1_dir, v1_epoch, v1_put_cache, v1_put_flow, v1_replace_pin, v1_set_active,
-    v1_set_epoch, v1_set_lost, v1_side_contents, V1Collector, V1_KEY_SIZE,
+    create_v1_dir, v1_epoch, v1_put_cache, v1_put_flow, v1_put_flows, v1_replace_pin,
+    v1_set_active, v1_set_epoch, v1_set_lost, v1_side_contents, V1Collector, V1_KEY_SIZE,
 };
 use netscope_bpf::maps::encode_key;
 use netscope_bpf::pin::{self, PinError};
@@ -300,6 +300,62 @@ fn a_stage_of_the_active_side_still_drains_both_sides() {
     c.commit(first.epoch).expect("commit");
     let second = c.drain().expect("round 2");
     assert_side(&second, &sides[1], "round 2 (side 1)");
+    assert_eq!(c.drain().expect("round 3").total(), Counters::default());
+    assert_empty(&dir);
+}
+
+#[test]
+fn full_tables_drain_exactly_over_many_batches() {
+    // 100,000 flows (a full table) on side 0 and 50,000 on side 1: the
+    // reads and deletes take several batch calls each.
+    let root = Root::new("full");
+    let dir = create_v1_dir(&root.0, 100_000).expect("create the v1 dir (needs root)");
+    let mut want = [HashMap::new(), HashMap::new()];
+    for (side, n, direction) in [
+        (0, 100_000u32, Direction::FromPod),
+        (1, 50_000, Direction::ToPod),
+    ] {
+        let flows: Vec<(FlowKey, Counters)> = (0..n)
+            .map(|i| {
+                let key = FlowKey::new(
+                    std::net::Ipv4Addr::from(0x0a00_0000 + i).into(),
+                    "10.200.0.1".parse().unwrap(),
+                    direction,
+                );
+                (
+                    key,
+                    Counters::new(1_000 + u64::from(i), 1 + u64::from(i % 7)),
+                )
+            })
+            .collect();
+        let raw: Vec<_> = flows.iter().map(|(k, c)| (encode_key(k), *c)).collect();
+        v1_put_flows(&dir, side, &raw).expect("fill");
+        want[side] = flows.into_iter().collect();
+    }
+
+    let mut c = V1Collector::open(&dir).expect("open");
+    for (round, want) in want.iter().enumerate() {
+        let t = std::time::Instant::now();
+        let staged = c.stage().expect("stage");
+        let staged_in = t.elapsed();
+        let t = std::time::Instant::now();
+        c.commit(staged.epoch).expect("commit");
+        eprintln!(
+            "round {}: {} flows, stage {:?}, commit {:?}",
+            round + 1,
+            staged.drain.samples.len(),
+            staged_in,
+            t.elapsed()
+        );
+        assert_eq!(
+            staged.drain.samples.len(),
+            want.len(),
+            "round {}",
+            round + 1
+        );
+        assert_eq!(&by_key(&staged.drain.samples), want, "round {}", round + 1);
+        assert_eq!(staged.drain.overflow, Counters::default());
+    }
     assert_eq!(c.drain().expect("round 3").total(), Counters::default());
     assert_empty(&dir);
 }
