@@ -38,6 +38,7 @@ mod attach;
 pub mod capture;
 mod collector;
 pub mod datapath;
+pub mod legacy_v1;
 mod loader;
 pub mod maps;
 pub mod netlink;
