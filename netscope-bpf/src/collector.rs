@@ -234,10 +234,9 @@ impl Collector for BpfCollector {
 /// two-phase stage and commit), then removes the old layout's directory.
 /// Until `ready` (the initial link dump applied: every link swapped), and
 /// after the old maps are gone, it is the plain collector of the new maps.
-#[derive(Debug)]
 pub struct UpgradeCollector {
     new: BpfCollector,
-    old: Vec<(BpfCollector, std::path::PathBuf)>,
+    old: Vec<(Box<dyn Collector>, std::path::PathBuf)>,
     /// Sides of the current old layout drained and committed.
     empty_commits: u8,
     ready: Arc<std::sync::atomic::AtomicBool>,
@@ -245,20 +244,30 @@ pub struct UpgradeCollector {
     staged_old: bool,
 }
 
+impl std::fmt::Debug for UpgradeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpgradeCollector")
+            .field("new", &self.new)
+            .field("old", &self.old.iter().map(|(_, d)| d).collect::<Vec<_>>())
+            .field("empty_commits", &self.empty_commits)
+            .field("staged_old", &self.staged_old)
+            .finish_non_exhaustive()
+    }
+}
+
 impl UpgradeCollector {
-    /// `old`: the captures of older layouts (adopted from their pins) and
-    /// their directories.
+    /// `old`: collectors of the maps older layouts pinned (a
+    /// [`V1Collector`](crate::legacy_v1::V1Collector) for layout 1, a
+    /// [`BpfCollector`] of the adopted maps for a layout of this build's
+    /// format) and their directories.
     pub fn new(
         new: Arc<Capture>,
-        old: Vec<(Arc<Capture>, std::path::PathBuf)>,
+        old: Vec<(Box<dyn Collector>, std::path::PathBuf)>,
         ready: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         UpgradeCollector {
             new: BpfCollector::new(new),
-            old: old
-                .into_iter()
-                .map(|(c, d)| (BpfCollector::new(c), d))
-                .collect(),
+            old,
             empty_commits: 0,
             ready,
             staged_old: false,

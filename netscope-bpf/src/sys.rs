@@ -911,7 +911,7 @@ impl MappedArray {
     /// (EINVAL for an array without `BPF_F_MMAPABLE`).
     pub fn new(map: BorrowedFd<'_>) -> io::Result<MappedArray> {
         let info = map_info(map)?;
-        if info.map_type != libbpf_sys::BPF_MAP_TYPE_ARRAY || info.value_size % 8 != 0 {
+        if info.map_type != libbpf_sys::BPF_MAP_TYPE_ARRAY || !info.value_size.is_multiple_of(8) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("cannot map {info:?}: not an array of 8-byte multiples"),
@@ -993,12 +993,13 @@ impl MappedArray {
         Ok(())
     }
 
+    #[cfg(feature = "testing")]
     /// Writes `data` (whole entries) from entry `first`.
     ///
     /// # Errors
     /// `InvalidInput` when `data` is not whole entries or does not fit.
     pub fn write(&self, first: usize, data: &[u8]) -> io::Result<()> {
-        if data.len() % self.value_size != 0 {
+        if !data.len().is_multiple_of(self.value_size) {
             return Err(too_small("data", data.len(), self.value_size));
         }
         let (start, bytes) = self.range(first, data.len() / self.value_size)?;

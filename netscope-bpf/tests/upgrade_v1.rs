@@ -1,9 +1,9 @@
 //! Issue 20's upgrade path: an agent whose pinned layout is not 1 finds
 //! `<pin root>/v1/`, left by a layout-1 agent, and drains it with
 //! `V1Collector`, which needs no layout-1 program. The state is made by
-//! `create_v1_dir` (layout 1's maps, shapes and names, without its program);
-//! the tests in `v1_program` check that against today's (layout-1) program
-//! and are dropped once that program is gone.
+//! `create_v1_dir` (layout 1's maps, shapes and names, without its program;
+//! checked against the layout-1 program, map by map and with real frames,
+//! before that program was replaced: commit 02f6f43).
 //!
 //! Needs root. Pins live under `/sys/fs/bpf/netscope-test-legacy-<pid>/`,
 //! removed on drop, also when a test fails. Run with
@@ -250,6 +250,49 @@ fn an_old_agents_stage_and_both_sides_are_drained_exactly_once() {
 }
 
 #[test]
+fn the_upgrade_collector_drains_v1_then_counts_only_the_new_maps() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let root = Root::new("upgrade");
+    let dir = create_v1_dir(&root.0, 64).expect("create the v1 dir (needs root)");
+    let sides = fill_both_sides(&dir);
+    let new = Arc::new(
+        netscope_bpf::Capture::load(&netscope_bpf::CaptureConfig::default())
+            .expect("load this build's program"),
+    );
+    let ready = Arc::new(AtomicBool::new(false));
+    let old: Box<dyn Collector> = Box::new(V1Collector::open(&dir).expect("open the v1 dir"));
+    let mut c = netscope_bpf::UpgradeCollector::new(new, vec![(old, dir.clone())], ready.clone());
+    // Until every link runs the new program, only the new maps are drained.
+    assert!(c.drain().expect("drain").samples.is_empty());
+    assert!(dir.exists());
+    ready.store(true, std::sync::atomic::Ordering::Release);
+    let mut got = HashMap::new();
+    let mut overflow = Counters::default();
+    for _ in 0..2 {
+        let d = c.drain().expect("drain the v1 maps");
+        for (k, v) in by_key(&d.samples) {
+            *got.entry(k).or_insert_with(Counters::default) += v;
+        }
+        overflow += d.overflow;
+    }
+    let mut want: HashMap<FlowKey, Counters> = HashMap::new();
+    let mut want_overflow = Counters::default();
+    for side in &sides {
+        for (k, v) in &side.flows {
+            *want.entry(*k).or_default() += *v;
+        }
+        want_overflow += side.overflow;
+    }
+    assert_eq!(got, want, "every v1 flow once");
+    assert_eq!(overflow, want_overflow);
+    assert!(!dir.exists(), "the v1 directory is removed after both sides");
+    // From then on: the new maps only.
+    let d = c.drain().expect("drain");
+    assert!(d.samples.is_empty() && d.overflow.is_zero(), "{d:?}");
+}
+
+#[test]
 fn a_crash_between_stage_and_commit_restages_the_same_counts() {
     let root = Root::new("crash");
     let dir = create_v1_dir(&root.0, 16).expect("create the v1 dir (needs root)");
@@ -476,120 +519,4 @@ fn pins_of_another_shape_are_refused_with_their_path() {
     // Nothing was written to by the refusals: a good directory still opens.
     let dir = create_v1_dir(&root.0.join("h"), 32).expect("create");
     V1Collector::open(&dir).expect("a genuine v1 dir opens");
-}
-
-/// Checks against today's program, which makes layout 1. DROP AT MERGE:
-/// once the build's layout is 2, `Capture` no longer makes these maps.
-mod v1_program {
-    use super::*;
-    use netscope_bpf::legacy_v1::{v1_map_shape, v1_pins};
-    use netscope_bpf::testing::{FrameSpec, L4Spec, TestPrograms};
-    use netscope_bpf::{BpfCollector, Capture, CaptureConfig};
-    use std::sync::Arc;
-
-    fn load(root: &Path, max_flows: u32) -> (Capture, PathBuf) {
-        let pd = pin::PinDir::with_layout(root, 1);
-        let config = CaptureConfig {
-            max_flows,
-            ..CaptureConfig::default()
-        };
-        let (cap, _) = Capture::load_pinned(&config, &pd).expect("load pinned (needs root)");
-        (cap, pd.dir())
-    }
-
-    #[test]
-    fn hand_made_v1_maps_equal_the_programs() {
-        let root = Root::new("shapes");
-        let (cap, real) = load(&root.0.join("real"), 300);
-        let made = create_v1_dir(&root.0.join("made"), 300).expect("create");
-        for name in v1_pins() {
-            let a = v1_map_shape(&real.join(name)).expect("real shape");
-            let b = v1_map_shape(&made.join(name)).expect("made shape");
-            assert_eq!(a, b, "{name}");
-        }
-        assert_eq!(
-            pin::meta_of(&real).expect("real meta"),
-            pin::meta_of(&made).expect("made meta")
-        );
-        assert_eq!(v1_epoch(&real).unwrap(), v1_epoch(&made).unwrap());
-        for side in 0..2 {
-            assert_eq!(
-                v1_side_contents(&real, side).unwrap(),
-                v1_side_contents(&made, side).unwrap(),
-                "side {side}: the overflow slot, an empty cache"
-            );
-        }
-        drop(cap);
-        // Both open, and neither has anything to drain.
-        for dir in [&real, &made] {
-            let mut c = V1Collector::open(dir).expect("open");
-            assert_eq!(c.drain().expect("drain").total(), Counters::default());
-        }
-    }
-
-    #[test]
-    fn frames_counted_by_the_v1_program_drain_exactly() {
-        let root = Root::new("frames");
-        let (cap, dir) = load(&root.0, 128);
-        let cap = Arc::new(cap);
-        let frames = [
-            (
-                FrameSpec::new("10.0.0.1", "10.1.0.1", L4Spec::Tcp(40_000, 80), 1_000),
-                Direction::FromPod,
-                7,
-            ),
-            (
-                FrameSpec::new("fd00::1", "fd00::2", L4Spec::Udp(53, 5353), 300),
-                Direction::ToPod,
-                3,
-            ),
-            (
-                FrameSpec::new("10.0.0.2", "10.1.0.2", L4Spec::Icmp, 56),
-                Direction::FromPod,
-                5,
-            ),
-        ];
-        // Interleaved so that flows go through the per-CPU cache and the table.
-        let mut want = [HashMap::new(), HashMap::new()];
-        let run = |want: &mut HashMap<FlowKey, Counters>, rounds: u32| {
-            for _ in 0..rounds {
-                for (f, d, n) in &frames {
-                    let out = TestPrograms::run(cap.program(*d), &f.build(), *n)
-                        .expect("BPF_PROG_TEST_RUN");
-                    assert_eq!(out.retval, 0xffff_ffff, "TC_ACT_UNSPEC");
-                    *want.entry(flow_of(f, *d)).or_default() +=
-                        Counters::new(f.l3_len() as u64 * u64::from(*n), u64::from(*n));
-                }
-            }
-        };
-        run(&mut want[0], 3);
-        // The layout-1 agent stages side 0 and is replaced before it commits.
-        let staged = BpfCollector::new(cap.clone()).stage().expect("v1 stage");
-        assert_eq!(by_key(&staged.drain.samples), want[0]);
-        // Counted into side 1 until the new program runs behind the links.
-        run(&mut want[1], 2);
-        drop(cap);
-
-        let mut c = V1Collector::open(&dir).expect("open");
-        let first = c.stage().expect("stage 1");
-        assert_eq!((first.epoch, first.scope), (staged.epoch, staged.scope));
-        assert_eq!(by_key(&first.drain.samples), want[0], "side 0");
-        assert_eq!(first.drain.overflow, Counters::default());
-        c.commit(first.epoch).expect("commit 1");
-        let second = c.drain().expect("round 2");
-        assert_eq!(by_key(&second.samples), want[1], "side 1");
-        assert_eq!(second.overflow, Counters::default());
-        assert_eq!(c.drain().expect("round 3").total(), Counters::default());
-        let mut total = Counters::default();
-        for c in want.iter().flat_map(|m| m.values()) {
-            total += *c;
-        }
-        let mut drained = first.drain.total();
-        drained += second.total();
-        assert_eq!(drained, total, "every byte and packet, once");
-    }
-
-    fn flow_of(f: &FrameSpec, d: Direction) -> FlowKey {
-        FlowKey::new(f.src, f.dst, d)
-    }
 }
