@@ -12,8 +12,9 @@ pub const VALUE_SIZE: usize = 16;
 /// Size of a layout-1 `flow_cache` entry (a key and a value), for reading
 /// the maps an agent of layout 1 pinned.
 pub const CACHE_SIZE: usize = KEY_SIZE + VALUE_SIZE;
-/// `sizeof(struct flow_slot)`: a key and a value.
-pub const SLOT_SIZE: usize = KEY_SIZE + VALUE_SIZE;
+/// `sizeof(struct flow_slot)`: a key, a value and 8 bytes of padding (one
+/// slot per cache line).
+pub const SLOT_SIZE: usize = 64;
 /// `sizeof(struct flow_cache)`: a key, the slot (4 bytes + 4 of padding)
 /// and a value.
 pub const CACHE_ENTRY_SIZE: usize = KEY_SIZE + 8 + VALUE_SIZE;

@@ -53,11 +53,13 @@ struct flow_value {
  * a syscall per flow). Slot i of side s is entry s * (slot_cap + 1) + i; the
  * last slot of each side (i == slot_cap) is the overflow slot, key all-zero.
  * The key is written once when the slot is handed out; the counters are
- * added atomically.
+ * added atomically. 64 bytes: a slot never straddles two cache lines (the
+ * array starts page-aligned).
  */
 struct flow_slot {
 	struct flow_key key;   /* the flow (all-zero: overflow or unused) */
 	struct flow_value val; /* counted into this slot */
+	__u64 pad;	       /* to 64 bytes: one slot, one cache line */
 };
 
 /*

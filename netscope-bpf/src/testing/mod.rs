@@ -341,7 +341,7 @@ pub fn fill_active_table(
     for (slot, k) in buf.chunks_exact_mut(SLOT_SIZE).zip(keys) {
         slot[..KEY_SIZE].copy_from_slice(&crate::maps::encode_key(k));
         slot[KEY_SIZE..KEY_SIZE + 8].copy_from_slice(&value.bytes.to_ne_bytes());
-        slot[KEY_SIZE + 8..].copy_from_slice(&value.packets.to_ne_bytes());
+        slot[KEY_SIZE + 8..KEY_SIZE + 16].copy_from_slice(&value.packets.to_ne_bytes());
     }
     capture.slot_mem.write(capture.side_base(side), &buf)?;
     let mut alloc = [0u8; crate::maps::SLOT_ALLOC_SIZE];
