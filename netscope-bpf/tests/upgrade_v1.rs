@@ -286,7 +286,10 @@ fn the_upgrade_collector_drains_v1_then_counts_only_the_new_maps() {
     }
     assert_eq!(got, want, "every v1 flow once");
     assert_eq!(overflow, want_overflow);
-    assert!(!dir.exists(), "the v1 directory is removed after both sides");
+    assert!(
+        !dir.exists(),
+        "the v1 directory is removed after both sides"
+    );
     // From then on: the new maps only.
     let d = c.drain().expect("drain");
     assert!(d.samples.is_empty() && d.overflow.is_zero(), "{d:?}");

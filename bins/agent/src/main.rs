@@ -266,16 +266,27 @@ fn main() -> Result<()> {
         for (layout, dir) in pin.other_layouts() {
             match netscope_bpf::pin::meta_of(&dir) {
                 Ok(meta) => {
-                    let adopting = || format!("adopting the maps of layout {layout} in {} to drain them", dir.display());
+                    let adopting = || {
+                        format!(
+                            "adopting the maps of layout {layout} in {} to drain them",
+                            dir.display()
+                        )
+                    };
                     // Layout 1 has other maps (per-CPU hash tables): its own
                     // reader. Any other layout must have this build's maps.
-                    let old: Box<dyn netscope::Collector> = if meta.layout == netscope_bpf::legacy_v1::V1_LAYOUT {
-                        Box::new(netscope_bpf::legacy_v1::V1Collector::open(&dir).with_context(adopting)?)
-                    } else {
-                        let old_pin = netscope_bpf::pin::PinDir::with_layout(pin.root(), meta.layout);
-                        let (old, _) = Capture::load_pinned(&config, &old_pin).with_context(adopting)?;
-                        Box::new(BpfCollector::new(Arc::new(old)))
-                    };
+                    let old: Box<dyn netscope::Collector> =
+                        if meta.layout == netscope_bpf::legacy_v1::V1_LAYOUT {
+                            Box::new(
+                                netscope_bpf::legacy_v1::V1Collector::open(&dir)
+                                    .with_context(adopting)?,
+                            )
+                        } else {
+                            let old_pin =
+                                netscope_bpf::pin::PinDir::with_layout(pin.root(), meta.layout);
+                            let (old, _) =
+                                Capture::load_pinned(&config, &old_pin).with_context(adopting)?;
+                            Box::new(BpfCollector::new(Arc::new(old)))
+                        };
                     info!(dir = ?dir, layout, "an older layout's maps are pinned: drained once every link runs this agent's program, then removed");
                     older.push((old, dir));
                 }

@@ -486,12 +486,18 @@ pub fn take_active(capture: &crate::Capture) -> std::io::Result<netscope::Drain>
 /// The kernel's error on a map operation.
 pub fn active_slot_totals(capture: &crate::Capture) -> std::io::Result<netscope::Counters> {
     use crate::maps::{counters_at, KEY_SIZE, SLOT_SIZE};
-    let side = capture.state.lock().unwrap_or_else(|p| p.into_inner()).active;
+    let side = capture
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .active;
     let mut buf = Vec::new();
     // Every slot of the side, the overflow slot included.
-    capture
-        .slot_mem
-        .read(capture.side_base(side), capture.capacity as usize + 1, &mut buf)?;
+    capture.slot_mem.read(
+        capture.side_base(side),
+        capture.capacity as usize + 1,
+        &mut buf,
+    )?;
     let mut total = netscope::Counters::default();
     for slot in buf.chunks_exact(SLOT_SIZE) {
         total += counters_at(slot, KEY_SIZE);
