@@ -9,9 +9,6 @@ pub const KEY_SIZE: usize = 40;
 /// `sizeof(struct flow_value)`.
 pub const VALUE_SIZE: usize = 16;
 
-/// Size of a layout-1 `flow_cache` entry (a key and a value), for reading
-/// the maps an agent of layout 1 pinned.
-pub const CACHE_SIZE: usize = KEY_SIZE + VALUE_SIZE;
 /// `sizeof(struct flow_slot)`: a key, a value and 8 bytes of padding (one
 /// slot per cache line).
 pub const SLOT_SIZE: usize = 64;
@@ -37,7 +34,7 @@ pub fn counters_at(raw: &[u8], off: usize) -> Counters {
     Counters::new(word(off), word(off + 8))
 }
 
-/// Sizes of per-CPU values for this machine.
+/// Sizes of per-CPU values (the cache entries) for this machine.
 #[derive(Debug, Clone, Copy)]
 pub struct FlowMapLayout {
     ncpus: usize,
@@ -51,12 +48,6 @@ impl FlowMapLayout {
         }
     }
 
-    /// Bytes of one per-CPU value as the syscalls transfer it: one
-    /// 8-byte-aligned `flow_value` per possible CPU.
-    pub fn value_stride(&self) -> usize {
-        VALUE_SIZE * self.ncpus
-    }
-
     /// Bytes of one per-CPU `flow_cache` entry as the syscalls transfer it.
     pub fn cache_stride(&self) -> usize {
         CACHE_ENTRY_SIZE * self.ncpus
@@ -65,17 +56,6 @@ impl FlowMapLayout {
     /// Number of possible CPUs.
     pub fn ncpus(&self) -> usize {
         self.ncpus
-    }
-
-    /// Sums the per-CPU values of one entry.
-    pub fn fold(&self, value: &[u8]) -> Counters {
-        let mut c = Counters::default();
-        for cpu in value.chunks_exact(VALUE_SIZE).take(self.ncpus) {
-            let bytes = u64::from_ne_bytes(cpu[0..8].try_into().expect("8 bytes"));
-            let packets = u64::from_ne_bytes(cpu[8..16].try_into().expect("8 bytes"));
-            c += Counters::new(bytes, packets);
-        }
-        c
     }
 }
 
@@ -168,13 +148,10 @@ mod tests {
     }
 
     #[test]
-    fn fold_sums_cpus() {
-        let l = FlowMapLayout::new(2);
-        let mut v = vec![0u8; l.value_stride()];
-        v[0..8].copy_from_slice(&100u64.to_ne_bytes());
-        v[8..16].copy_from_slice(&1u64.to_ne_bytes());
-        v[16..24].copy_from_slice(&50u64.to_ne_bytes());
-        v[24..32].copy_from_slice(&2u64.to_ne_bytes());
-        assert_eq!(l.fold(&v), Counters::new(150, 3));
+    fn counters_are_read_at_their_offset() {
+        let mut v = vec![0u8; CACHE_ENTRY_SIZE];
+        v[48..56].copy_from_slice(&150u64.to_ne_bytes());
+        v[56..64].copy_from_slice(&3u64.to_ne_bytes());
+        assert_eq!(counters_at(&v, KEY_SIZE + 8), Counters::new(150, 3));
     }
 }
