@@ -125,6 +125,25 @@ impl SideReader {
     }
 }
 
+/// What the program's cumulative "lost" counters (the first 16 bytes of
+/// `bss`: bytes, packets) gained since `seen`, which is moved on to them.
+pub(crate) fn read_lost(
+    bss: std::os::fd::BorrowedFd<'_>,
+    seen: &mut (u64, u64),
+) -> std::io::Result<Counters> {
+    let mut v = [0u8; 16];
+    if !sys::map_lookup(bss, &0u32.to_ne_bytes(), &mut v)? {
+        return Ok(Counters::default());
+    }
+    let now = (
+        u64::from_ne_bytes(v[0..8].try_into().expect("8 bytes")),
+        u64::from_ne_bytes(v[8..16].try_into().expect("8 bytes")),
+    );
+    let delta = Counters::new(now.0.wrapping_sub(seen.0), now.1.wrapping_sub(seen.1));
+    *seen = now;
+    Ok(delta)
+}
+
 impl Collector for BpfCollector {
     fn drain(&mut self) -> Result<Drain, CollectError> {
         let staged = self.stage()?;
@@ -173,27 +192,15 @@ impl Collector for BpfCollector {
             );
         }
         // Bytes that found no slot (should never happen).
-        let mut bss = [0u8; 16];
-        if sys::map_lookup(cap.bss.as_fd(), &0u32.to_ne_bytes(), &mut bss)
-            .map_err(Self::map_err("lookup", "bss"))?
-        {
-            let lost = (
-                u64::from_ne_bytes(bss[0..8].try_into().expect("8 bytes")),
-                u64::from_ne_bytes(bss[8..16].try_into().expect("8 bytes")),
+        let lost = read_lost(cap.bss.as_fd(), &mut state.lost_seen)
+            .map_err(Self::map_err("lookup", "bss"))?;
+        if !lost.is_zero() {
+            tracing::error!(
+                bytes = lost.bytes,
+                packets = lost.packets,
+                "bytes found no flow slot; counted as overflow"
             );
-            let delta = Counters::new(
-                lost.0.wrapping_sub(state.lost_seen.0),
-                lost.1.wrapping_sub(state.lost_seen.1),
-            );
-            if !delta.is_zero() {
-                tracing::error!(
-                    bytes = delta.bytes,
-                    packets = delta.packets,
-                    "bytes found no flow slot; counted as overflow"
-                );
-                drain.overflow += delta;
-            }
-            state.lost_seen = lost;
+            drain.overflow += lost;
         }
         // Fill of the side just drained: how close the interval came to
         // overflowing (1.0 = full; then see the overflow counters).

@@ -563,28 +563,16 @@ impl Collector for V1Collector {
             );
         }
         // Bytes that found not even the overflow slot (should never happen).
-        let mut bss = [0u8; V1_BSS_SIZE];
-        if sys::map_lookup(self.bss.as_fd(), &0u32.to_ne_bytes(), &mut bss)
-            .map_err(self.map_err("lookup", "bss"))?
-        {
-            let lost = (
-                u64::from_ne_bytes(bss[0..8].try_into().expect("8 bytes")),
-                u64::from_ne_bytes(bss[8..16].try_into().expect("8 bytes")),
+        let lost = crate::collector::read_lost(self.bss.as_fd(), &mut self.lost_seen)
+            .map_err(self.map_err("lookup", "bss"))?;
+        if !lost.is_zero() {
+            tracing::error!(
+                bytes = lost.bytes,
+                packets = lost.packets,
+                dir = ?self.dir,
+                "bytes found no flow slot and no overflow slot in the layout-1 maps; counted as overflow"
             );
-            let delta = Counters::new(
-                lost.0.wrapping_sub(self.lost_seen.0),
-                lost.1.wrapping_sub(self.lost_seen.1),
-            );
-            if !delta.is_zero() {
-                tracing::error!(
-                    bytes = delta.bytes,
-                    packets = delta.packets,
-                    dir = ?self.dir,
-                    "bytes found no flow slot and no overflow slot in the layout-1 maps; counted as overflow"
-                );
-                drain.overflow += delta;
-            }
-            self.lost_seen = lost;
+            drain.overflow += lost;
         }
         Ok(Staged {
             drain,
