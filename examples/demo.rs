@@ -76,6 +76,11 @@ struct Args {
     /// links and drains the old layout's maps. Every pair stays exact.
     #[arg(long, requires = "restarts")]
     upgrade: bool,
+    /// With --upgrade: the agent binary to upgrade to, run as it is (for
+    /// example this build, when --bin-dir holds a build of an older pinned
+    /// layout). Default: the same binary, presenting the next layout.
+    #[arg(long, requires = "upgrade", value_name = "PATH")]
+    upgrade_to: Option<PathBuf>,
     /// Mid-run (for the end-to-end test): at two fifths, delete the
     /// `storage` pod and re-create it under a new name with the same IP on
     /// a node in another zone; bytes must follow the pod that held the IP.
@@ -793,19 +798,30 @@ fn run(
                 bail!("the agent on {} did not stop on SIGTERM", n.name);
             }
             let next = netscope_bpf::pin::LAYOUT_VERSION + 1;
-            println!(
-                "  {:>4}s  agent on {} stopped (SIGTERM) and replaced by a build of pinned layout v{next} (rolling upgrade)",
-                t0.elapsed().as_secs(),
-                n.name
-            );
-            agents[i] = spawn_in_env(
-                &n.ns,
-                &format!("agent-{}-v{next}", n.name),
-                agent_bin,
-                &agent_args(n),
-                dir,
-                &[("NETSCOPE_TEST_LAYOUT_VERSION", &next.to_string())],
-            )?;
+            agents[i] = match &args.upgrade_to {
+                Some(bin) => {
+                    println!(
+                        "  {:>4}s  agent on {} stopped (SIGTERM) and replaced by {} (rolling upgrade)",
+                        t0.elapsed().as_secs(),
+                        n.name,
+                        bin.display()
+                    );
+                    let name = format!("agent-{}-upgraded", n.name);
+                    spawn_in(&n.ns, &name, &Launch::Bin(bin.clone()), &agent_args(n), dir)?
+                }
+                None => {
+                    println!(
+                        "  {:>4}s  agent on {} stopped (SIGTERM) and replaced by a build of pinned layout v{next} (rolling upgrade)",
+                        t0.elapsed().as_secs(),
+                        n.name
+                    );
+                    let env = [("NETSCOPE_TEST_LAYOUT_VERSION", next.to_string())];
+                    let env: Vec<(&str, &str)> =
+                        env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    let name = format!("agent-{}-v{next}", n.name);
+                    spawn_in_env(&n.ns, &name, agent_bin, &agent_args(n), dir, &env)?
+                }
+            };
             wait_attached(&mut agents[i], links_of(&cluster, i), interrupted)?;
         }
         if args.move_pod && moved.is_none() && Instant::now() >= move_at {
@@ -919,12 +935,16 @@ fn run(
             let drained =
                 log.contains("the older layout's maps are drained (both sides) and removed");
             let adopted = log.matches("adopted a pinned TCX link").count();
-            let (old, new) = (
-                netscope_bpf::pin::LAYOUT_VERSION,
-                netscope_bpf::pin::LAYOUT_VERSION + 1,
-            );
+            let who = match &args.upgrade_to {
+                Some(bin) => format!("the older layout drained and removed by {}", bin.display()),
+                None => format!(
+                    "layout v{} drained and removed by the v{} agent",
+                    netscope_bpf::pin::LAYOUT_VERSION,
+                    netscope_bpf::pin::LAYOUT_VERSION + 1
+                ),
+            };
             println!(
-                "verify: rolling upgrade: layout v{old} drained and removed by the v{new} agent: {drained}; pinned TCX links it adopted: {adopted}"
+                "verify: rolling upgrade: {who}: {drained}; pinned TCX links it adopted: {adopted}"
             );
             failed |= !drained;
         }
