@@ -269,7 +269,12 @@ impl Capture {
             }
         }
         // Two sides of max_flows slots plus an overflow slot each; an index
-        // entry per slot.
+        // entry per slot, and room for what the LRU keeps on each CPU's local
+        // free list (it takes nodes 128 at a time), so that a full side does
+        // not already lose live index entries (a lost entry costs a second
+        // slot, never a count).
+        let index_entries =
+            max_flows.saturating_add(u32::try_from(ncpus.saturating_mul(256)).unwrap_or(u32::MAX));
         let slot_entries = max_flows
             .checked_add(1)
             .and_then(|n| n.checked_mul(2))
@@ -283,7 +288,7 @@ impl Capture {
             .map_err(LoadError::Open)?;
         open.maps
             .flow_index
-            .set_max_entries(max_flows)
+            .set_max_entries(index_entries)
             .map_err(LoadError::Open)?;
         if let Some(fds) = &adopted {
             let maps = [
