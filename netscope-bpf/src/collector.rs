@@ -51,18 +51,11 @@ impl BpfCollector {
 pub(crate) struct SideReader {
     flows: HashMap<[u8; KEY_SIZE], Counters>,
     overflow: Counters,
-    invalid: u64,
+    /// Slots the side had handed out.
+    pub(crate) used: usize,
 }
 
 impl SideReader {
-    pub(crate) fn new(slots: usize) -> Self {
-        SideReader {
-            flows: HashMap::with_capacity(slots),
-            overflow: Counters::default(),
-            invalid: 0,
-        }
-    }
-
     fn add(&mut self, key: &[u8], counters: Counters) {
         if counters.is_zero() {
             return;
@@ -80,7 +73,11 @@ impl SideReader {
     ) -> std::io::Result<Self> {
         let used = cap.slots_used(side)?;
         let base = cap.side_base(side);
-        let mut r = SideReader::new(used);
+        let mut r = SideReader {
+            flows: HashMap::with_capacity(used),
+            overflow: Counters::default(),
+            used,
+        };
         cap.slot_mem.read(base, used, buf)?;
         for slot in buf.chunks_exact(SLOT_SIZE) {
             r.add(&slot[..KEY_SIZE], counters_at(slot, KEY_SIZE));
@@ -111,7 +108,7 @@ impl SideReader {
             overflow: self.overflow,
             samples: Vec::with_capacity(self.flows.len()),
         };
-        let mut invalid = self.invalid;
+        let mut invalid = 0;
         for (key, counters) in self.flows {
             match decode_key(&key) {
                 RawKey::Flow(key) => drain.samples.push(FlowSample { key, counters }),
@@ -184,6 +181,7 @@ impl Collector for BpfCollector {
 
         let reader = SideReader::read_side(&cap, idle, &mut self.buf)
             .map_err(Self::map_err("read", "flow_slots"))?;
+        let used = reader.used;
         let (mut drain, invalid) = reader.into_drain(cap.capacity);
         if invalid > 0 {
             tracing::error!(
@@ -204,7 +202,6 @@ impl Collector for BpfCollector {
         }
         // Fill of the side just drained: how close the interval came to
         // overflowing (1.0 = full; then see the overflow counters).
-        let used = cap.slots_used(idle).unwrap_or(0);
         metrics::gauge!(netscope::metrics::AGENT_FLOW_TABLE_FILL_RATIO)
             .set(used as f64 / f64::from(cap.capacity.max(1)));
         metrics::gauge!(netscope::metrics::AGENT_FLOW_TABLE_CAPACITY).set(f64::from(cap.capacity));
