@@ -5,9 +5,11 @@
 //! namespace is never touched; /metrics is read from inside it. Kernel
 //! test: run under `flock /tmp/netscope-netns.lock`.
 
-use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../../aggregator/tests/support/mod.rs"]
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netscope-agent");
 const PROMTOOL: &str = "/usr/bin/promtool";
@@ -100,26 +102,9 @@ fn metrics_pass_promtool() {
         "no help text:\n{body}"
     );
 
-    let mut p = Command::new(PROMTOOL)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    p.stdin
-        .take()
-        .expect("stdin")
-        .write_all(body.as_bytes())
-        .expect("feed promtool");
-    let out = p.wait_with_output().expect("promtool");
-    let findings = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (status, findings) = support::promtool_findings(PROMTOOL, &body);
     assert!(
-        findings.trim().is_empty() && out.status.success(),
+        findings.trim().is_empty() && status.success(),
         "promtool check metrics on the agent's /metrics:\n{findings}\n(a metric without HELP: add it to netscope/src/metrics.rs)\n---\n{body}"
     );
 }

@@ -10,7 +10,7 @@ use netscope::transport::client::{ClientConfig, GrpcSink};
 use netscope::{Counters, Direction, FlowKey, FlowSample, InstanceId, Report};
 
 mod support;
-use support::{free_port, http_get, Killed};
+use support::{free_port, http_get, wait_http, Killed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netscope-aggregator");
 
@@ -115,18 +115,13 @@ fn plain_http_port_serves_health_and_metrics() {
         .spawn()
         .expect("start the aggregator");
     let mut child = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let health = loop {
-        if let Some(r) = http_get(plain, "/healthz") {
-            break r;
-        }
-        assert!(
-            child.0.try_wait().expect("wait").is_none(),
-            "the aggregator exited early"
-        );
-        assert!(Instant::now() < deadline, "nothing on {plain}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let health = wait_http(
+        &mut child,
+        plain,
+        "/healthz",
+        Duration::from_secs(20),
+        |_| true,
+    );
     assert!(health.starts_with("HTTP/1.1 200"), "healthz: {health}");
     let ready = http_get(plain, "/readyz").expect("readyz");
     assert!(ready.starts_with("HTTP/1.1 200"), "readyz: {ready}");
@@ -159,25 +154,14 @@ fn serves_grpc_and_http_on_one_port() {
         .spawn()
         .expect("start the aggregator");
     let mut child = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(r) = http_get(addr, "/healthz") {
-            assert!(r.starts_with("HTTP/1.1 200"), "healthz: {r}");
-            break;
-        }
-        if let Some(status) = child.0.try_wait().expect("wait") {
-            let mut err = String::new();
-            if let Some(mut e) = child.0.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("the aggregator exited early ({status}):\n{err}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the aggregator did not come up on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let health = wait_http(
+        &mut child,
+        addr,
+        "/healthz",
+        Duration::from_secs(20),
+        |_| true,
+    );
+    assert!(health.starts_with("HTTP/1.1 200"), "healthz: {health}");
     let ready = http_get(addr, "/readyz").expect("readyz");
     assert!(ready.starts_with("HTTP/1.1 200"), "readyz: {ready}");
 

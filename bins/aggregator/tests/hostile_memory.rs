@@ -5,18 +5,18 @@
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use netscope::transport::convert::time_to_nanos;
 use netscope::transport::pb;
 
 mod support;
-use support::{free_port, http_get, Killed};
+use support::{free_port, http_get, is_200, wait_http, Killed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netscope-aggregator");
 
 fn ready(addr: SocketAddr) -> bool {
-    http_get(addr, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    http_get(addr, "/readyz").is_some_and(|r| is_200(&r))
 }
 
 /// `VmRSS` and `VmHWM` of `pid`, in KiB.
@@ -123,15 +123,8 @@ fn three_hostile_clients_stay_within_128_mib_of_idle() {
         .spawn()
         .expect("start the aggregator");
     let pid = child.id();
-    let _guard = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready(addr) {
-        assert!(
-            Instant::now() < deadline,
-            "the aggregator never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut guard = Killed(child);
+    wait_http(&mut guard, addr, "/readyz", Duration::from_secs(30), is_200);
     std::thread::sleep(Duration::from_secs(1));
     let (idle_rss, idle_hwm) = rss_kib(pid);
 

@@ -5,11 +5,10 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{free_port, http_get, Killed};
+use support::{free_port, promtool_findings, wait_http, Killed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netscope-aggregator");
 const PROMTOOL: &str = "/usr/bin/promtool";
@@ -33,18 +32,13 @@ fn metrics_pass_promtool() {
         .spawn()
         .expect("start the aggregator");
     let mut child = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let response = loop {
-        if let Some(r) = http_get(addr, "/metrics") {
-            break r;
-        }
-        assert!(
-            child.0.try_wait().expect("wait").is_none(),
-            "the aggregator exited early"
-        );
-        assert!(Instant::now() < deadline, "nothing on {addr}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let response = wait_http(
+        &mut child,
+        addr,
+        "/metrics",
+        Duration::from_secs(20),
+        |_| true,
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let body = response
         .split_once("\r\n\r\n")
@@ -55,33 +49,11 @@ fn metrics_pass_promtool() {
         "no help text:\n{body}"
     );
 
-    let findings = promtool(body);
+    let (status, findings) = promtool_findings(PROMTOOL, body);
     let unexpected: Vec<&str> = findings.lines().collect();
     assert!(
-        unexpected.is_empty(),
+        unexpected.is_empty() && status.success(),
         "promtool check metrics on the aggregator's /metrics:\n{}\n(a metric without HELP: add it to netscope/src/metrics.rs)\n---\n{body}",
         unexpected.join("\n")
     );
-}
-
-/// promtool's findings (stdout and stderr) on `text`.
-fn promtool(text: &str) -> String {
-    let mut p = Command::new(PROMTOOL)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    p.stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("feed promtool");
-    let out = p.wait_with_output().expect("promtool");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }

@@ -2,16 +2,15 @@
 //! Services from the static topology, the per-Service series in /metrics
 //! and the estimate in /report.
 
-use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use netscope::report::ReportSink;
 use netscope::transport::client::{ClientConfig, GrpcSink};
 use netscope::{Counters, Direction, FlowKey, FlowSample, InstanceId, Report};
 
 mod support;
-use support::{free_port, http_get, Killed};
+use support::{free_port, http_get, is_200, wait_http, Killed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_netscope-aggregator");
 const GB: u64 = 1_000_000_000;
@@ -73,21 +72,7 @@ fn service_series_and_report_from_a_static_topology() {
         .spawn()
         .expect("start the aggregator");
     let mut child = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !http_get(addr, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
-        if let Some(status) = child.0.try_wait().expect("wait") {
-            let mut err = String::new();
-            if let Some(mut e) = child.0.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("the aggregator exited early ({status}):\n{err}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the aggregator did not get ready"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_http(&mut child, addr, "/readyz", Duration::from_secs(20), is_200);
 
     // Each flow counted once, as the sender's FromPod; the last window ends
     // 100 s after the first.
