@@ -579,17 +579,7 @@ pub fn cleanup(root: &Path) -> Result<Cleanup, PinError> {
                 out.dirs.push(links);
             }
         }
-        // meta first: a directory without meta is never adopted.
-        for name in all_map_names() {
-            let p = dir.join(name);
-            let Ok(fd) = sys::obj_get(&p) else { continue };
-            if sys::map_info(fd.as_fd()).is_err() {
-                tracing::warn!(path = ?p, "not a BPF map: left alone");
-                continue;
-            }
-            std::fs::remove_file(&p).map_err(io_err("removing", &p))?;
-            out.maps.push(p);
-        }
+        remove_map_pins(&dir, &mut out)?;
         if std::fs::remove_dir(&dir).is_ok() {
             out.dirs.push(dir);
         }
@@ -598,6 +588,23 @@ pub fn cleanup(root: &Path) -> Result<Cleanup, PinError> {
         out.dirs.push(root.to_path_buf());
     }
     Ok(out)
+}
+
+/// Removes netscope's map pins (of any layout) from `dir`, meta first: a
+/// directory without meta is never adopted. A pin of that name that is no
+/// BPF map is left alone.
+fn remove_map_pins(dir: &Path, out: &mut Cleanup) -> Result<(), PinError> {
+    for name in all_map_names() {
+        let p = dir.join(name);
+        let Ok(fd) = sys::obj_get(&p) else { continue };
+        if sys::map_info(fd.as_fd()).is_err() {
+            tracing::warn!(path = ?p, "not a BPF map: left alone");
+            continue;
+        }
+        std::fs::remove_file(&p).map_err(io_err("removing", &p))?;
+        out.maps.push(p);
+    }
+    Ok(())
 }
 
 /// Removes one layout directory (after its maps were drained in an
@@ -629,14 +636,7 @@ pub fn remove_layout(dir: &Path) -> Result<Cleanup, PinError> {
             out.dirs.push(links);
         }
     }
-    for name in all_map_names() {
-        let p = dir.join(name);
-        let Ok(fd) = sys::obj_get(&p) else { continue };
-        if sys::map_info(fd.as_fd()).is_ok() {
-            std::fs::remove_file(&p).map_err(io_err("removing", &p))?;
-            out.maps.push(p);
-        }
-    }
+    remove_map_pins(dir, &mut out)?;
     if std::fs::remove_dir(dir).is_ok() {
         out.dirs.push(dir.to_path_buf());
     }
