@@ -79,24 +79,10 @@ fn counts_real_traffic_exactly() {
         run(&["ip", "netns", "add", ns]);
         cleanup.namespaces.push(ns.clone());
         // No IPv6 (router solicitations would be counted by one side only).
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-        ]);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ]);
+        for conf in ["all", "default"] {
+            let key = format!("net.ipv6.conf.{conf}.disable_ipv6=1");
+            run(&["ip", "netns", "exec", ns, "sysctl", "-qw", &key]);
+        }
         run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
     }
     run(&[
